@@ -1,0 +1,104 @@
+"""One function evaluates (purifier, classifier, attack, threat model) on images and returns a result row.
+
+    row = evaluate(purifier, target, x, y, attack="pgd", threat_model="bpda+eot", eps=8/255,
+                   defense="jpeg75", classifier="natural", dataset="shapes10")
+
+The attack sees the model that the threat model names (lib.threat_models); the adversarial images are
+then scored by classifier ∘ purifier. A random purifier is scored over `defense_runs` independent runs:
+`accuracy` is the worst case (an image counts only if it is classified correctly in every run), with the
+mean over runs and the majority vote as extra columns (Croce et al. 2022).
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+from torch import nn
+
+from lib.attacks import FIXED_STEPS, build_attack, run_attack
+from lib.purifiers import Defended, Identity, is_randomized, reseed
+from lib.results import result_row
+from lib.settings import check_eps, check_images
+from lib.threat_models import attacked_model
+
+
+@torch.no_grad()
+def predictions(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    return torch.cat([model(part).argmax(1) for part in x.split(batch_size)])
+
+
+def score(purifier: nn.Module, classifier: nn.Module, x: torch.Tensor, y: torch.Tensor, runs: int = 1,
+          seed: int = 0) -> dict:
+    """Correctness of classifier ∘ purifier on x over `runs` draws of the defense's randomness."""
+    defended = Defended(purifier, classifier).eval()
+    runs = runs if is_randomized(purifier) else 1
+    correct = []
+    for r in range(runs):
+        reseed(purifier, seed * 1000 + r)
+        correct.append(predictions(defended, x) == y)
+    correct = torch.stack(correct)  # (runs, N)
+    return {"worst": correct.all(0), "mean": correct.float().mean(0), "majority": correct.float().mean(0) > 0.5,
+            "runs": runs}
+
+
+def evaluate(purifier: nn.Module | None, target: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
+             attack: str = "pgd", threat_model: str = "white-box", eps: float = 8 / 255, steps: int = 20,
+             step_size: float | None = None, surrogate: nn.Module | None = None, eot_samples: int = 1,
+             defense_runs: int = 1, seed: int = 0, batch_size: int = 256, n_classes: int | None = None,
+             defense: str = "none", classifier: str = "classifier", dataset: str = "unknown",
+             return_adversarial: bool = False, **extra):
+    """Attack `target` ∘ `purifier`; returns a result row (and the adversarial images when asked).
+
+    defense / classifier / dataset are the names written into the row.
+    """
+    check_images(x, "x")
+    check_eps(eps)
+    purifier = (purifier or Identity()).eval()
+    target = target.eval()
+    if n_classes is None:
+        with torch.no_grad():
+            n_classes = target(x[:1]).shape[1]
+    model = attacked_model(threat_model, purifier, target, surrogate, eot_samples)
+    checks = max(eot_samples, 1) if is_randomized(purifier) else 1
+    atk = build_attack(attack, model, eps, steps, step_size, n_classes=n_classes, seed=seed, checks=checks)
+
+    start = time.perf_counter()
+    reseed(purifier, seed)
+    if eps == 0:
+        adversarial = x.clone()
+    else:
+        adversarial = torch.cat([run_attack(atk, xb, yb, seed + i)
+                                 for i, (xb, yb) in enumerate(zip(x.split(batch_size), y.split(batch_size)))])
+    scored = score(purifier, target, adversarial, y, defense_runs, seed)
+    seconds = time.perf_counter() - start
+
+    steps_used = FIXED_STEPS.get(attack, steps)
+    row = result_row(defense=defense, classifier=classifier, dataset=dataset, threat_model=threat_model,
+                     attack=attack, eps=eps, steps=steps_used, step_size=float(getattr(atk, "alpha", float("nan"))),
+                     correct=int(scored["worst"].sum()), n=len(y), seed=seed, seconds=seconds,
+                     accuracy_mean_run=float(scored["mean"].mean()),
+                     accuracy_majority=float(scored["majority"].float().mean()), defense_runs=scored["runs"],
+                     eot_samples=eot_samples if "eot" in threat_model else 1, **extra)
+    return (row, adversarial) if return_adversarial else row
+
+
+def clean_row(purifier: nn.Module | None, target: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
+              defense_runs: int = 1, seed: int = 0, defense: str = "none", classifier: str = "classifier",
+              dataset: str = "unknown", **extra) -> dict:
+    """The clean-accuracy row (attack 'none', ε = 0) of a defended model."""
+    start = time.perf_counter()
+    purifier = (purifier or Identity()).eval()
+    scored = score(purifier, target.eval(), check_images(x, "x"), y, defense_runs, seed)
+    return result_row(defense=defense, classifier=classifier, dataset=dataset, threat_model="none",
+                      attack="none", eps=0.0, steps=0, step_size=0.0, correct=int(scored["worst"].sum()), n=len(y),
+                      seed=seed, seconds=time.perf_counter() - start,
+                      accuracy_mean_run=float(scored["mean"].mean()),
+                      accuracy_majority=float(scored["majority"].float().mean()), defense_runs=scored["runs"],
+                      eot_samples=1, **extra)
+
+
+def sweep(purifier: nn.Module | None, target: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
+          attacks: list[str], eps_values: list[float], threat_model: str = "white-box", **kwargs) -> list[dict]:
+    """Rows for every (attack, ε) pair; ε = 0 is scored without running the attack."""
+    return [evaluate(purifier, target, x, y, attack=a, threat_model=threat_model, eps=e, **kwargs)
+            for a in attacks for e in eps_values]

@@ -1,0 +1,61 @@
+"""Result rows: one dict per (defense, classifier, dataset, threat model, attack, ε) evaluation.
+
+Every notebook builds its tables from these rows and keeps them as CSV, so numbers can be compared
+across notebooks and runs. Accuracy is a fraction with a 95% Wilson interval (scipy).
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+from scipy.stats import binomtest
+
+COLUMNS = ("defense", "classifier", "dataset", "threat_model", "attack", "eps", "steps", "step_size", "n",
+           "accuracy", "ci_low", "ci_high", "seed", "seconds")
+
+
+def wilson_interval(correct: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval for a binomial proportion (nan, nan when n == 0)."""
+    if n == 0:
+        return float("nan"), float("nan")
+    ci = binomtest(int(correct), int(n)).proportion_ci(confidence_level=confidence, method="wilson")
+    return float(ci.low), float(ci.high)
+
+
+def result_row(*, defense: str, classifier: str, dataset: str, threat_model: str, attack: str, eps: float,
+               steps: int, step_size: float, correct: int, n: int, seed: int, seconds: float, **extra) -> dict:
+    """A result row with every standard column; extra keyword arguments become extra columns."""
+    low, high = wilson_interval(correct, n)
+    row = {"defense": defense, "classifier": classifier, "dataset": dataset, "threat_model": threat_model,
+           "attack": attack, "eps": float(eps), "steps": int(steps), "step_size": float(step_size), "n": int(n),
+           "accuracy": correct / n if n else float("nan"), "ci_low": low, "ci_high": high, "seed": int(seed),
+           "seconds": float(seconds)}
+    row.update(extra)
+    return row
+
+
+def rows_frame(rows: list[dict]) -> pd.DataFrame:
+    """Rows as a DataFrame with the standard columns first."""
+    frame = pd.DataFrame(rows)
+    missing = [c for c in COLUMNS if c not in frame.columns]
+    if rows and missing:
+        raise ValueError(f"Result rows lack the standard columns {missing}; build them with result_row().")
+    extra = [c for c in frame.columns if c not in COLUMNS]
+    return frame[list(COLUMNS) + extra] if rows else pd.DataFrame(columns=COLUMNS)
+
+
+def write_csv_atomic(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
+    """Write a CSV through a temporary file and a rename, so a crash never leaves half a table."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        frame.to_csv(tmp, index=False)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

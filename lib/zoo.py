@@ -1,0 +1,60 @@
+"""Named target classifiers, trained once through the model cache and loaded by every later notebook.
+
+`get_classifier(dataset, recipe, scale, seed)` returns the same model for the same arguments in any
+notebook: the spec below is everything that determines it. Bump RECIPE_VERSION when the training code
+changes what a spec produces, so stale checkpoints are not mistaken for new ones.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+from torch import nn
+
+from lib.cache import ModelCache
+from lib.classifiers import build_classifier
+from lib.data import load_dataset
+from lib.settings import Scale, get_scale, resolve_device, seed_everything
+from lib.training import recipe_for, train_classifier
+
+RECIPE_VERSION = 1
+
+
+def classifier_spec(dataset: str, recipe_name: str, scale: Scale, seed: int, arch: str | None = None,
+                    **recipe_overrides) -> dict:
+    recipe = recipe_for(recipe_name, scale, **recipe_overrides)
+    return {
+        "kind": "classifier",
+        "version": RECIPE_VERSION,
+        "arch": arch or scale.classifier,
+        "width": scale.width,
+        "dataset": dataset,
+        "n_train": scale.n_train,
+        "n_test": scale.n_test,
+        "recipe": dataclasses.asdict(recipe),
+        "seed": seed,
+    }
+
+
+def get_classifier(dataset: str = "shapes10", recipe: str = "natural", scale: str | Scale = "quick",
+                   seed: int = 0, *, arch: str | None = None, device="auto", data_root=None,
+                   cache: ModelCache | None = None, progress: bool = True, **recipe_overrides
+                   ) -> tuple[nn.Module, dict]:
+    """A trained classifier (eval mode, on device) and its record (metrics, cache path, cached or not)."""
+    scale = get_scale(scale)
+    device = resolve_device(device)
+    cache = cache or ModelCache()
+    spec = classifier_spec(dataset, recipe, scale, seed, arch, **recipe_overrides)
+    recipe_obj = recipe_for(recipe, scale, **recipe_overrides)
+
+    def build() -> nn.Module:
+        seed_everything(seed)  # same initial weights for the same spec
+        return build_classifier(spec["arch"], dataset, scale.width)
+
+    def train(model: nn.Module) -> dict:
+        train_set = load_dataset(dataset, "train", data_root).subset(scale.n_train, seed)
+        test_set = load_dataset(dataset, "test", data_root).subset(scale.n_test, seed)
+        return train_classifier(model, train_set, test_set, recipe_obj, device=device, seed=seed, progress=progress)
+
+    model, record = cache.load_or_train(spec, build, train, device)
+    record["spec"] = spec
+    return model, record
