@@ -74,7 +74,7 @@ def evaluate(purifier: nn.Module | None, target: nn.Module, x: torch.Tensor, y: 
 
     steps_used = FIXED_STEPS.get(attack, steps)
     row = result_row(defense=defense, classifier=classifier, dataset=dataset, threat_model=threat_model,
-                     attack=attack, eps=eps, steps=steps_used, step_size=float(getattr(atk, "alpha", float("nan"))),
+                     attack=attack, eps=eps, steps=steps_used, step_size=float(getattr(atk, "alpha", eps if attack == "fgsm" else float("nan"))),
                      correct=int(scored["worst"].sum()), n=len(y), seed=seed, seconds=seconds,
                      accuracy_mean_run=float(scored["mean"].mean()),
                      accuracy_majority=float(scored["majority"].float().mean()), defense_runs=scored["runs"],
