@@ -65,6 +65,7 @@ class ModelCache:
             "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
         fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+        os.chmod(tmp, 0o644)  # mkstemp files are private; a shared cache must be readable
         try:
             with os.fdopen(fd, "wb") as f:
                 torch.save(payload, f)
@@ -87,7 +88,8 @@ class ModelCache:
         except Exception as err:
             raise CheckpointError(f"Checkpoint {path} is corrupt or not a checkpoint ({type(err).__name__}: "
                                   f"{str(err)[:200]}). {fix}") from err
-        if not isinstance(payload, dict) or payload.get("format") != FORMAT or "state_dict" not in payload:
+        if (not isinstance(payload, dict) or payload.get("format") != FORMAT
+                or not {"spec", "metrics", "state_dict"} <= payload.keys()):
             raise CheckpointError(f"Checkpoint {path} is not in this repository's format {FORMAT}. {fix}")
         stored = json.loads(payload["spec"])
         if stored != _normalise(spec):

@@ -159,7 +159,7 @@ def _imagenet(arch: str, pretrained: bool) -> nn.Module:
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "resnet18": lambda info, width=64: CifarResNet((2, 2, 2, 2), 64, info.num_classes, info.channels,
                                                    info.mean, info.std),
-    # quick-scale stand-in: one block per stage, base width from the scale (0.7M parameters at 16)
+    # quick-scale stand-in: one block per stage, base width from the scale (0.3M parameters at 16)
     "resnet_small": lambda info, width=16: CifarResNet((1, 1, 1, 1), width, info.num_classes, info.channels,
                                                        info.mean, info.std),
     "vgg16": lambda info, width=64: CifarVGG(info.num_classes, info.channels, info.mean, info.std),
@@ -173,6 +173,9 @@ def build_classifier(arch: str, dataset: str, width: int | None = None) -> nn.Mo
         raise ValueError(f"Unknown architecture {arch!r}: choose one of {sorted(ARCHITECTURES)} "
                          f"(ImageNet models: {IMAGENET_ARCHITECTURES} through imagenet_classifier).")
     info = dataset_info(dataset)
+    if arch == "vgg16" and info.size < 32:
+        raise ValueError(f"vgg16 needs 32×32 inputs (five 2×2 poolings); {dataset} images are "
+                         f"{info.size}×{info.size}: use resnet_small or resnet18.")
     return ARCHITECTURES[arch](info) if width is None else ARCHITECTURES[arch](info, width)
 
 

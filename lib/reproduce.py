@@ -38,7 +38,8 @@ def parse_value(text: str):
 
 def _replace_dir(staged: Path, final: Path) -> None:
     """Put a staged folder in place of the final one (the old one is removed only after the move)."""
-    if not staged.exists():
+    if not staged.exists():  # the successful run wrote nothing here: drop outputs of older runs
+        shutil.rmtree(final, ignore_errors=True)
         return
     final.parent.mkdir(parents=True, exist_ok=True)
     old = final.with_name(final.name + ".old")

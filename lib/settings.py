@@ -6,6 +6,7 @@ evaluated) and nothing else; a notebook run at `smoke`, `quick` or `paper` runs 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import random
 from dataclasses import dataclass
@@ -106,6 +107,8 @@ def seed_everything(seed: int) -> None:
 def check_eps(eps: float, name: str = "eps") -> float:
     """A budget is a float in pixel units in [0, 1]; 8 means the user forgot the /255."""
     eps = float(eps)
+    if not math.isfinite(eps):
+        raise ValueError(f"{name}={eps} is not a finite number; budgets are floats in [0, 1] such as 8/255.")
     if eps > 1:
         raise ValueError(
             f"{name}={eps:g} is above 1, but budgets are in pixel units of images in [0, 1]: "

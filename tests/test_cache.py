@@ -226,10 +226,16 @@ def test_architecture_mismatch_raises(tmp_path):
     assert train.calls == 0
 
 
-def test_unknown_format_raises(tmp_path):
+@pytest.mark.parametrize("change", ["format", "no_spec", "no_metrics", "no_state_dict"])
+def test_foreign_or_incomplete_payload_raises(tmp_path, change):
     cache, path = _saved(tmp_path)
     payload = torch.load(path, weights_only=True)
-    payload["format"] = 999
+    if change == "format":
+        payload["format"] = 999
+    else:
+        del payload[change[3:]]
     torch.save(payload, path)
-    with pytest.raises(CheckpointError, match="format"):
-        cache.load(SPEC, build())
+    train = Trainer()
+    with pytest.raises(CheckpointError, match="format") as info:
+        cache.load_or_train(SPEC, build, train)
+    assert str(path) in str(info.value) and train.calls == 0
