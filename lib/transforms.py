@@ -61,11 +61,16 @@ def _from_numpy(images, like: torch.Tensor) -> torch.Tensor:
     return out.to(device=like.device, dtype=like.dtype).contiguous()
 
 
-def _map_images(fn, *arrays) -> list:
-    """[fn(a[i], b[i], ...) for i], spread over torch.get_num_threads() threads (PIL, scikit-image's Cython
-    and PyWavelets release the GIL); results are in order and independent of the thread count."""
+_PARALLEL_PIXELS = 64 * 64  # below this, per-image Python overhead dominates and threads only add GIL contention
+
+
+def _map_images(fn, *arrays, heavy: bool = False) -> list:
+    """[fn(a[i], b[i], ...) for i], spread over torch.get_num_threads() threads when each image is large (or
+    the work `heavy`): PIL, scikit-image's Cython and PyWavelets release the GIL. In order, and the same
+    results for any thread count."""
     n = len(arrays[0])
-    workers = min(torch.get_num_threads(), n)
+    height, width = arrays[0].shape[1:3]
+    workers = min(torch.get_num_threads(), n) if heavy or height * width >= _PARALLEL_PIXELS else 1
     if workers <= 1:
         return [fn(*args) for args in zip(*arrays)]
     with ThreadPoolExecutor(workers) as pool:
@@ -379,7 +384,7 @@ class TVM(Purifier):
         shape = (n, c, h, w) if self.per_channel else (n, 1, h, w)
         keep = torch.rand(shape, generator=self.generator(x.device), device=x.device) >= self.drop_prob
         keep = keep.expand(n, c, h, w).permute(0, 2, 3, 1).cpu().numpy()
-        out = _map_images(lambda img, k: np.clip(self.reconstruct(img, k), 0, 1), _to_numpy(x), keep)
+        out = _map_images(lambda img, k: np.clip(self.reconstruct(img, k), 0, 1), _to_numpy(x), keep, heavy=True)
         return _from_numpy(out, x)
 
 
