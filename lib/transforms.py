@@ -303,7 +303,7 @@ class MedianSmoothing(Purifier):
 
 class TVM(Purifier):
     """Total-variation minimisation (Guo et al. 2018, ICLR, "Countering adversarial images using input
-    transformations", Section 3.2): drop pixels at random, then reconstruct the image of least total
+    transformations"): drop pixels at random, then reconstruct the image of least total
     variation that agrees with the pixels kept,
 
         z* = argmin_z  ½ ‖X ⊙ (z − x)‖² + weight · TV(z),        X ~ Bernoulli(1 − drop_prob) per value,
@@ -317,8 +317,8 @@ class TVM(Purifier):
     Teboulle 2009) on the masked data term, whose gradient X ⊙ (z − x) is 1-Lipschitz, so each step is
     `z ← prox(X ⊙ x + (1 − X) ⊙ y)` with Nesterov momentum on y. The start fills dropped values by
     normalised Gaussian convolution of the kept ones (speed only: the problem is convex). The authors
-    instead patched scikit-image's Cython split-Bregman loop to take the mask; the minimiser is the same
-    up to solver tolerance. With drop_prob = 0 the result is exactly scikit-image's denoiser.
+    instead patched scikit-image's Cython split-Bregman loop to take the mask: the same problem, up to the
+    boundary discretisation of TV and the solvers' tolerances. With drop_prob = 0 the result is exactly scikit-image's denoiser.
 
     Arguments:
         drop_prob (float): probability of dropping each value, in [0, 1). Default: 0.5.
