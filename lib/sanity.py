@@ -26,12 +26,13 @@ from torch import nn
 
 from lib.attacks import build_attack, run_attack
 from lib.evaluation import evaluate, score
-from lib.purifiers import Identity, Purifier, is_differentiable, is_randomized, reseed
+from lib.purifiers import Identity, is_differentiable, is_randomized, reseed
 from lib.threat_models import attacked_model
+from lib.transforms import BitDepthReduction
 
 
-class MaskedGradientQuantizer(Purifier):
-    """A planted negative control: rounds to `levels` grey levels and *claims* to be differentiable.
+class MaskedGradientQuantizer(BitDepthReduction):
+    """A planted negative control: bit-depth reduction that *claims* to be differentiable.
 
     Rounding has a zero gradient almost everywhere, so a white-box attack through it cannot move and the
     defense looks robust. The sanity checks must flag it; BPDA (identity on the backward pass) breaks it.
@@ -39,12 +40,8 @@ class MaskedGradientQuantizer(Purifier):
 
     differentiable = True  # deliberately wrong, as in many published evaluations
 
-    def __init__(self, levels: int = 8):
-        super().__init__()
-        self.levels = levels
-
-    def forward(self, x):
-        return torch.round(x * (self.levels - 1)) / (self.levels - 1)
+    def __init__(self, bits: int = 3):
+        super().__init__(bits)
 
 
 def default_threat_model(purifier: nn.Module) -> str:
