@@ -38,6 +38,7 @@ lab: install  ## JupyterLab on the notebooks, with this environment as the kerne
 
 bench: install  ## speed figures as JSON under benchmarks/results/
 	$(PY) -m benchmarks.bench_harness
+	$(PY) -m benchmarks.bench_transforms
 
 clean-outputs:
 	rm -rf figures/smoke papermill_runs/smoke

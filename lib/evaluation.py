@@ -19,7 +19,7 @@ from lib.attacks import FIXED_STEPS, build_attack, run_attack
 from lib.purifiers import Defended, Identity, is_randomized, reseed
 from lib.results import result_row
 from lib.settings import check_eps, check_images
-from lib.threat_models import attacked_model
+from lib.threat_models import attacked_model, parse_threat_model
 
 
 @torch.no_grad()
@@ -80,6 +80,38 @@ def evaluate(purifier: nn.Module | None, target: nn.Module, x: torch.Tensor, y: 
                      accuracy_majority=float(scored["majority"].float().mean()), defense_runs=scored["runs"],
                      eot_samples=eot_samples if "eot" in threat_model else 1, **extra)
     return (row, adversarial) if return_adversarial else row
+
+
+def evaluate_oblivious(purifiers: dict[str, nn.Module | None], target: nn.Module, x: torch.Tensor,
+                       y: torch.Tensor, *, attack: str = "pgd", threat_model: str = "oblivious", eps: float = 8 / 255,
+                       steps: int = 20, step_size: float | None = None, surrogate: nn.Module | None = None,
+                       defense_runs: int = 1, seed: int = 0, batch_size: int = 256, classifier: str = "classifier",
+                       dataset: str = "unknown", **extra) -> list[dict]:
+    """One row per named purifier under an attack that does not see the purifier (oblivious or transfer).
+
+    The adversarial images do not depend on the purifier, so they are computed once and scored through
+    each defense; every row is the one `evaluate` would give (its `seconds` include the shared attack).
+    """
+    if parse_threat_model(threat_model)[0] not in ("oblivious", "transfer"):
+        raise ValueError(f"evaluate_oblivious is for the 'oblivious' and 'transfer' threat models (the attack does "
+                         f"not see the purifier); got {threat_model!r}: call evaluate() for each purifier instead.")
+    start = time.perf_counter()
+    first_row, adversarial = evaluate(None, target, x, y, attack=attack, threat_model=threat_model, eps=eps,
+                                      steps=steps, step_size=step_size, surrogate=surrogate, seed=seed,
+                                      batch_size=batch_size, return_adversarial=True)
+    attack_seconds = time.perf_counter() - start
+    rows = []
+    for name, purifier in purifiers.items():
+        begin = time.perf_counter()
+        purifier = (purifier or Identity()).eval()
+        scored = score(purifier, target.eval(), adversarial, y, defense_runs, seed)
+        rows.append(result_row(
+            defense=name, classifier=classifier, dataset=dataset, threat_model=threat_model, attack=attack,
+            eps=eps, steps=first_row["steps"], step_size=first_row["step_size"], correct=int(scored["worst"].sum()),
+            n=len(y), seed=seed, seconds=attack_seconds + time.perf_counter() - begin,
+            accuracy_mean_run=float(scored["mean"].mean()), accuracy_majority=float(scored["majority"].float().mean()),
+            defense_runs=scored["runs"], eot_samples=1, **extra))
+    return rows
 
 
 def clean_row(purifier: nn.Module | None, target: nn.Module, x: torch.Tensor, y: torch.Tensor, *,

@@ -15,7 +15,7 @@ most often because gradients are masked: the attack, not the defense, is failing
 | pgd_not_weaker_than_fgsm | PGD accuracy ≤ FGSM accuracy |
 | noise_weaker_than_attack | uniform ±ε noise costs at most half of what the attack costs |
 | whitebox_not_above_transfer | white-box (or BPDA) accuracy ≤ transfer accuracy (needs a surrogate) |
-| eot_converged | random defenses: accuracy stops falling as EOT grows 1 → 10 → 20 |
+| eot_converged | random defenses: accuracy stops falling as EOT grows (default 1 → 10 → 20) |
 """
 from __future__ import annotations
 
@@ -60,8 +60,15 @@ def _gradient_nonzero_fraction(model: nn.Module, x: torch.Tensor, y: torch.Tenso
 def sanity_checks(purifier: nn.Module | None, classifier: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
                   eps: float = 8 / 255, steps: int = 10, threat_model: str | None = None,
                   surrogate: nn.Module | None = None, eot_samples: int = 10, defense_runs: int = 3,
-                  seed: int = 0, num_classes: int | None = None) -> pd.DataFrame:
-    """Run every check; returns a table (check, passed, numbers, meaning). passed is None when skipped."""
+                  seed: int = 0, num_classes: int | None = None, eot_curve: tuple[int, ...] = (1, 10, 20)
+                  ) -> pd.DataFrame:
+    """Run every check; returns a table (check, passed, numbers, meaning). passed is None when skipped.
+
+    `eot_curve`: the EOT sample counts of the convergence check (random defenses only); accuracy must not
+    fall by more than 2 points (or a few images) between its last two entries.
+    """
+    if len(eot_curve) < 2 or eot_curve[0] < 1 or any(b <= a for a, b in zip(eot_curve, eot_curve[1:])):
+        raise ValueError(f"eot_curve must be at least two increasing sample counts ≥ 1, e.g. (1, 10, 20); got {eot_curve}.")
     purifier = (purifier or Identity()).eval()
     classifier = classifier.eval()
     threat_model = threat_model or default_threat_model(purifier)
@@ -134,9 +141,9 @@ def sanity_checks(purifier: nn.Module | None, classifier: nn.Module, x: torch.Te
 
     if random:
         base = threat_model.split("+")[0]
-        eot_curve = [acc("pgd", eps, threat_model=f"{base}+eot" if k > 1 else base, eot_samples=k) for k in (1, 10, 20)]
-        add("eot_converged", eot_curve[1] - eot_curve[2] <= max(tol, 0.02),
-            "EOT 1/10/20: " + ", ".join(f"{a:.3f}" for a in eot_curve),
+        accuracies = [acc("pgd", eps, threat_model=f"{base}+eot" if k > 1 else base, eot_samples=k) for k in eot_curve]
+        add("eot_converged", accuracies[-2] - accuracies[-1] <= max(tol, 0.02),
+            f"EOT {'/'.join(map(str, eot_curve))}: " + ", ".join(f"{a:.3f}" for a in accuracies),
             "accuracy must stop falling as EOT samples grow")
     else:
         add("eot_converged", None, "deterministic defense", "skipped")
