@@ -17,6 +17,10 @@ What we configure or wrap around torchattacks 3.5.1, and why:
 - torchattacks' MultiAttack/AutoAttack judge success from one forward pass, which flatters a random
   defense (one lucky draw counts as robust). Ours judges an image robust only if it is classified
   correctly in every one of `checks` forward passes.
+- `feature_distortion` (ours; no torchattacks equivalent): the label-free self-supervised attack of NRP
+  (Naseer et al. 2020) and RDP, which pushes a fixed feature network's features of x' away from those of x.
+  Built by name it distorts the given model's outputs; `feature_distortion(feature_net, x, ...)` is the
+  direct call for training purifiers (see `FeatureDistortion`).
 - APGD reseeds torch's *global* RNG on every call. `run_attack` runs each attack inside
   `torch.random.fork_rng`, seeded from the row's seed, so the caller's RNG state is restored afterwards;
   random defenses draw from their own generators (lib.purifiers) and are unaffected either way.
@@ -30,7 +34,7 @@ from torch import nn
 import torchattacks
 from torchattacks.attack import Attack
 
-from lib.settings import check_eps
+from lib.settings import check_eps, check_images
 
 L2_ATTACKS = ("pgd_l2", "cw", "deepfool")
 
@@ -196,3 +200,72 @@ def run_attack(attack: Attack, x: torch.Tensor, y: torch.Tensor, seed: int = 0) 
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         return attack(x, y).detach()
+
+
+class FeatureDistortion(Attack):
+    r"""Self-supervised feature-distortion attack: L∞ PGD that maximises ‖F(x') − F(x)‖² without labels.
+
+    Naseer et al. 2020, "A Self-supervised Approach for Adversarial Robustness" (CVPR), Eq. 2, the
+    self-supervised perturbation (SSP) that trains the NRP purifier; RDP (Eq. 1) uses the same attack.
+    Δ is the mean squared difference of the feature maps (the authors' code: `nn.MSELoss` on VGG16
+    `features[:16]`); each step is x' ← Π_{B∞(x, ε) ∩ [0,1]}(x' + α·sign ∇_{x'} Δ(F(x'), F(x))).
+
+    Arguments: model: the fixed feature network F (any module mapping images to a tensor; a classifier
+    distorts its logits). eps: L∞ budget (NRP: 16/255). alpha: step size (NRP's code: 0.01). steps: iterations
+    (NRP's code: 100). random_start: start from x + U(−ε, ε) (NRP's code starts from N(0, 1) noise, which the
+    first projection clips to the corners of the ball; a uniform start is the usual PGD choice and needs no
+    special case). generator: a torch.Generator for the random start (default: torch's global RNG, which
+    `run_attack` seeds). Labels are ignored.
+
+    Shapes: images (N, C, H, W) in [0, 1] -> adversarial images (N, C, H, W) in [0, 1].
+    """
+
+    def __init__(self, model, eps: float = 16 / 255, alpha: float = 0.01, steps: int = 100,
+                 random_start: bool = True, generator: torch.Generator | None = None):
+        super().__init__("FeatureDistortion", model)
+        self.eps, self.alpha, self.steps = check_eps(eps), check_eps(alpha, "alpha"), int(steps)
+        if self.steps < 1:
+            raise ValueError(f"FeatureDistortion needs at least one step; got steps={steps}.")
+        self.random_start, self.generator = random_start, generator
+        self.supported_mode = ["default"]
+
+    def forward(self, images, labels=None):
+        images = images.clone().detach()
+        with torch.no_grad():
+            clean_features = self.get_logits(images).detach()
+        adv = images.clone()
+        if self.random_start:
+            noise = torch.rand(images.shape, generator=self.generator, device=images.device,
+                               dtype=images.dtype) if self.generator is not None else torch.rand_like(images)
+            adv = (adv + (2 * noise - 1) * self.eps).clamp(0, 1)
+        for _ in range(self.steps):
+            adv.requires_grad_(True)
+            distortion = (self.get_logits(adv) - clean_features).pow(2).mean()
+            grad, = torch.autograd.grad(distortion, adv)
+            adv = adv.detach() + self.alpha * grad.sign()
+            adv = (images + (adv - images).clamp(-self.eps, self.eps)).clamp(0, 1).detach()
+        return adv
+
+
+def feature_distortion(feature_net: nn.Module, x: torch.Tensor, eps: float = 16 / 255, steps: int = 100,
+                       step_size: float | None = None, seed: int | None = 0, *, random_start: bool = True,
+                       generator: torch.Generator | None = None) -> torch.Tensor:
+    """Adversarial images x' in B∞(x, ε) that maximise ‖F(x') − F(x)‖² (see `FeatureDistortion`); no labels.
+
+    step_size defaults to `default_step_size(eps, steps)`. The random start comes from `generator` when
+    given (a training loop keeps one across batches), else from a generator seeded with `seed` on x's device.
+    The feature network's train/eval mode is left as it was.
+    """
+    check_images(x, "x")
+    check_eps(eps)
+    step_size = default_step_size(eps, steps) if step_size is None else check_eps(step_size, "step_size")
+    if generator is None and random_start:
+        generator = torch.Generator(device=x.device).manual_seed(0 if seed is None else int(seed))
+    attack = FeatureDistortion(feature_net, eps=eps, alpha=step_size, steps=steps, random_start=random_start,
+                               generator=generator)
+    return attack(x).detach()
+
+
+# registered by name: with a classifier (or a defended model) as the "feature network" it distorts logits
+_BUILDERS["feature_distortion"] = lambda m, e, n, a, c, s, k: FeatureDistortion(m, eps=e, alpha=a, steps=n)
+ATTACKS = tuple(_BUILDERS)
