@@ -457,13 +457,19 @@ class RandomResizePad(Purifier):
         r = torch.randint(low, high, (draws,), generator=g, device=x.device)
         top = (torch.rand(draws, generator=g, device=x.device) * (high - r + 1)).floor().long()
         left = (torch.rand(draws, generator=g, device=x.device) * (high - r + 1)).floor().long()
-        r, top, left = (v.expand(n).tolist() for v in (r, top, left))
+        r, top, left = (v.expand(n) for v in (r, top, left))
         canvas = x.new_zeros(n, c, high, high)
-        for size in sorted(set(r)):
-            idx = [i for i in range(n) if r[i] == size]
-            resized = self._interpolate(x[idx], (size, size))
-            for j, i in enumerate(idx):
-                canvas[i, :, top[i]:top[i] + size, left[i]:left[i] + size] = resized[j]
+        grid = torch.arange(high, device=x.device)
+        for size in r.unique().tolist():  # at most high − low sizes: one vectorised placement per size
+            idx = (r == size).nonzero(as_tuple=True)[0]
+            resized = F.pad(self._interpolate(x[idx], (size, size)), (0, high - size, 0, high - size))
+            # shift each image to its offset: row y reads (y − top) mod high, which lands in the zero padding
+            # outside [top, top + size) because top ≤ high − size; likewise for columns
+            rows = (grid[None, :] - top[idx, None]) % high
+            cols = (grid[None, :] - left[idx, None]) % high
+            k = torch.arange(len(idx), device=x.device)
+            canvas[idx] = resized[k[:, None, None, None], torch.arange(c, device=x.device)[None, :, None, None],
+                                  rows[:, None, :, None], cols[:, None, None, :]]
         if self.resize_back:
             canvas = F.interpolate(canvas, size=(h, w), mode="bilinear", align_corners=False)
         return canvas
