@@ -1,0 +1,112 @@
+"""Analyses of what a defense does inside a classifier and to the pixels.
+
+- `layer_outputs(model, layers, x)`: the outputs of any list of modules, read with forward hooks, so it
+  works on every classifier (CifarResNet and CifarVGG expose `.layers`; pass any modules otherwise).
+- `error_amplification(model, x_p, x)`: the layerwise relative perturbation of HGD's Eq. 6
+  (Liao et al., CVPR 2018, Section 5.1, Fig. 5),
+      E_l(x_p, x) = ‖f_l(x_p) − f_l(x)‖ / ‖f_l(x)‖,
+  per image and per layer, with the input itself as layer 0. The paper states that ‖·‖ is the L1 norm
+  "in the following equations" (Section 3.1), so p = 1 is the default; p = 2 is available.
+- `perturbation_fit(dx_adv, dx_pred)`: HGD's Fig. 7 line dx̂ = k·dx* through the origin, fitted by least
+  squares over all pixels (the paper fits "lines dx̂ = k dx*"; a line of that form has no intercept).
+
+Later notebooks add embeddings and class-separation scores here; keep each analysis a plain function of
+tensors so that it can be tested on a case whose answer is known.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+
+def _first_tensor(output):
+    """A module's output, or its first tensor when it returns a tuple (Inception's auxiliary outputs)."""
+    if isinstance(output, (tuple, list)):
+        return output[0]
+    if hasattr(output, "logits"):  # torchvision's InceptionOutputs
+        return output.logits
+    return output
+
+
+def default_layers(model: nn.Module) -> list[nn.Module]:
+    """The modules an analysis hooks by default: `model.layers` (our classifiers define it)."""
+    layers = getattr(model, "layers", None)
+    if layers is None:
+        raise ValueError(f"{type(model).__name__} has no `.layers`; pass the modules to hook as layers=[...] "
+                         "(for example model.net.Mixed_5b, ..., model.net.fc for torchvision's Inception-v3).")
+    return list(layers)
+
+
+def layer_outputs(model: nn.Module, layers: Sequence[nn.Module], x: torch.Tensor) -> list[torch.Tensor]:
+    """The output of each module in `layers` when `model(x)` runs (first call of each module).
+
+    Gradients flow through the returned tensors when autograd is enabled, so a loss on them trains whatever
+    produced x. Hooks are removed even if the forward pass fails.
+    """
+    layers = list(layers)
+    captured: dict[int, torch.Tensor] = {}
+    handles = []
+    for i, layer in enumerate(layers):
+        def hook(module, inputs, output, i=i):
+            captured.setdefault(i, _first_tensor(output))
+        handles.append(layer.register_forward_hook(hook))
+    try:
+        model(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    missing = [i for i in range(len(layers)) if i not in captured]
+    if missing:
+        raise ValueError(f"Layers {missing} were not called by {type(model).__name__}.forward; pass modules "
+                         "that are part of the model's forward pass.")
+    return [captured[i] for i in range(len(layers))]
+
+
+def relative_distance(a: torch.Tensor, b: torch.Tensor, p: float = 1) -> torch.Tensor:
+    """‖a − b‖_p / ‖b‖_p per example (first dimension), as a float tensor of shape (N,)."""
+    a, b = a.flatten(1).float(), b.flatten(1).float()
+    return torch.linalg.vector_norm(a - b, ord=p, dim=1) / torch.linalg.vector_norm(b, ord=p, dim=1).clamp_min(1e-12)
+
+
+@torch.no_grad()
+def error_amplification(model: nn.Module, x_p: torch.Tensor, x: torch.Tensor,
+                        layers: Sequence[nn.Module] | None = None, *, p: float = 1, include_input: bool = True,
+                        batch_size: int = 256) -> np.ndarray:
+    """E_l(x_p, x) of Eq. 6 for every image and layer: an array (N, L), L = len(layers) (+1 for the input).
+
+    x_p: perturbed images (adversarial, noisy or denoised), x: the clean images they come from, both
+    (N, C, H, W) in [0, 1]. Column 0 is the input itself (pixel level) when include_input is True.
+    """
+    if x_p.shape != x.shape:
+        raise ValueError(f"x_p and x must have the same shape; got {tuple(x_p.shape)} and {tuple(x.shape)}.")
+    layers = default_layers(model) if layers is None else list(layers)
+    model = model.eval()
+    parts = []
+    for xp_b, x_b in zip(x_p.split(batch_size), x.split(batch_size)):
+        cols = [relative_distance(xp_b, x_b, p)] if include_input else []
+        for f_p, f in zip(layer_outputs(model, layers, xp_b), layer_outputs(model, layers, x_b)):
+            cols.append(relative_distance(f_p, f, p))
+        parts.append(torch.stack(cols, 1))
+    return torch.cat(parts).cpu().numpy()
+
+
+def perturbation_fit(dx_adv: torch.Tensor | np.ndarray, dx_pred: torch.Tensor | np.ndarray) -> dict:
+    """Fit dx̂ = k·dx* through the origin (least squares over every pixel) as in HGD's Fig. 7.
+
+    dx_adv: the adversarial perturbation dx* = x* − x; dx_pred: the predicted one dx̂ = x* − x̂ (any
+    matching shapes). Returns the slope k, the correlation r between the two, and the number of values.
+    k < 1: the denoiser removes only part of the adversarial noise; k > 1: it removes more than was added.
+    """
+    a = torch.as_tensor(dx_adv).flatten().double()
+    b = torch.as_tensor(dx_pred).flatten().double()
+    if a.shape != b.shape:
+        raise ValueError(f"dx_adv and dx_pred must have the same number of values; got {a.numel()} and {b.numel()}.")
+    denom = float((a * a).sum())
+    if denom == 0:
+        raise ValueError("dx_adv is zero everywhere: there is no adversarial perturbation to fit against.")
+    slope = float((a * b).sum()) / denom
+    r = float(torch.corrcoef(torch.stack([a, b]))[0, 1]) if a.numel() > 1 else float("nan")
+    return {"slope": slope, "r": r, "n": int(a.numel())}
