@@ -29,11 +29,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from lib.data import ImageData, iterate_batches
 from lib.purifiers import Purifier
 from lib.settings import check_images
+from lib.training import run_epochs
 
 
 @dataclass(frozen=True)
@@ -135,15 +135,8 @@ def train(purifier: ComDefend, data: ImageData, settings: ComDefendSettings, *, 
     """Train ComDefend in place on clean images; returns metrics (incl. the binarised reconstruction error)."""
     start = time.perf_counter()
     trainer = ComDefendTrainer(purifier, settings, device, seed)
-    steps_per_epoch = max(len(data) // settings.batch_size, 1)
-    bar = tqdm(total=settings.epochs * steps_per_epoch, desc="train ComDefend", disable=not progress, leave=False)
-    for epoch in range(settings.epochs):
-        for x, _ in iterate_batches(data, settings.batch_size, shuffle=True, seed=seed * 1000 + epoch, device=device,
-                                    drop_last=len(data) >= settings.batch_size):
-            losses = trainer.step(x)
-            bar.update()
-            bar.set_postfix(mse=f"{losses['mse']:.4f}")
-    bar.close()
+    losses = run_epochs(trainer.step, data, epochs=settings.epochs, batch_size=settings.batch_size, seed=seed,
+                        device=device, desc="train ComDefend", progress=progress, show=("mse",))
     purifier.eval()
     with torch.no_grad():
         x = next(iterate_batches(data, 256, device=device))[0]

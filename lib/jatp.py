@@ -33,12 +33,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from lib.attacks import feature_distortion
-from lib.data import ImageData, augment_flip_crop, iterate_batches
+from lib.data import ImageData, augment_flip_crop
 from lib.purifiers import Purifier
 from lib.settings import check_eps, check_images
+from lib.training import run_epochs
 
 
 @dataclass(frozen=True)
@@ -149,15 +149,9 @@ def train(purifier: JATP, data: ImageData, settings: JATPSettings, *, target: nn
     start = time.perf_counter()
     trainer = JATPTrainer(purifier, target, settings, device, seed)
     gen = torch.Generator().manual_seed(seed)
-    steps_per_epoch = max(len(data) // settings.batch_size, 1)
-    bar = tqdm(total=settings.epochs * steps_per_epoch, desc="train JATP", disable=not progress, leave=False)
-    for epoch in range(settings.epochs):
-        for x, _ in iterate_batches(data, settings.batch_size, shuffle=True, seed=seed * 1000 + epoch, device=device,
-                                    drop_last=len(data) >= settings.batch_size):
-            losses = trainer.step(augment_flip_crop(x, gen))
-            bar.update()
-            bar.set_postfix(feat=f"{losses['feat']:.4f}", pix=f"{losses['pix']:.4f}")
-    bar.close()
+    losses = run_epochs(lambda x: trainer.step(augment_flip_crop(x, gen)), data, epochs=settings.epochs,
+                        batch_size=settings.batch_size, seed=seed, device=device, desc="train JATP", progress=progress,
+                        show=("feat", "pix"))
     purifier.eval()
     return {"train_seconds": time.perf_counter() - start, "final_feature_loss": losses["feat"],
             "final_pixel_loss": losses["pix"]}

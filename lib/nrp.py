@@ -34,13 +34,13 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from lib.attacks import feature_distortion
-from lib.data import ImageData, iterate_batches
+from lib.data import ImageData
 from lib.gan import Discriminator, discriminator_step, generator_adversarial_loss
 from lib.purifiers import Purifier
 from lib.settings import check_eps, check_images
+from lib.training import run_epochs
 
 
 @dataclass(frozen=True)
@@ -193,15 +193,8 @@ def train(purifier: NRP, data: ImageData, settings: NRPSettings, *, feature_clas
     start = time.perf_counter()
     trainer = NRPTrainer(purifier, FeatureExtractor(feature_classifier, settings.feature_depth), settings,
                          data.info.channels, device, seed)
-    steps_per_epoch = max(len(data) // settings.batch_size, 1)
-    bar = tqdm(total=settings.epochs * steps_per_epoch, desc="train NRP", disable=not progress, leave=False)
-    for epoch in range(settings.epochs):
-        for x, _ in iterate_batches(data, settings.batch_size, shuffle=True, seed=seed * 1000 + epoch, device=device,
-                                    drop_last=len(data) >= settings.batch_size):
-            losses = trainer.step(x)
-            bar.update()
-            bar.set_postfix(feat=f"{losses['feat']:.4f}", img=f"{losses['img']:.4f}")
-    bar.close()
+    losses = run_epochs(trainer.step, data, epochs=settings.epochs, batch_size=settings.batch_size, seed=seed,
+                        device=device, desc="train NRP", progress=progress, show=("feat", "img"))
     purifier.eval()
     return {"train_seconds": time.perf_counter() - start, "final_feature_loss": losses["feat"],
             "final_pixel_loss": losses["img"], "final_loss_c": losses["loss_c"]}

@@ -147,3 +147,24 @@ def train_classifier(model: nn.Module, train: ImageData, test: ImageData, recipe
     model.eval()
     return {"train_accuracy": correct / max(count, 1), "test_accuracy": accuracy(model, test, device),
             "train_seconds": seconds, "train_images_per_second": seen / seconds}
+
+
+def run_epochs(step, data: ImageData, *, epochs: int, batch_size: int, seed: int, device, desc: str,
+               progress: bool = True, show: tuple[str, ...] = ()) -> dict:
+    """Call `step(x)` on shuffled batches of `data`'s images for `epochs` epochs; returns the last step's dict.
+
+    The loop the purifier trainers share (lib.nrp, lib.jatp, lib.comdefend): a fresh, seeded order each epoch,
+    the last partial batch dropped when there is more than one batch, the `show` entries of the step's dict
+    on the progress bar.
+    """
+    steps_per_epoch = max(len(data) // batch_size, 1)
+    bar = tqdm(total=epochs * steps_per_epoch, desc=desc, disable=not progress, leave=False)
+    losses: dict = {}
+    for epoch in range(epochs):
+        for x, _ in iterate_batches(data, batch_size, shuffle=True, seed=seed * 1000 + epoch, device=device,
+                                    drop_last=len(data) >= batch_size):
+            losses = step(x)
+            bar.update()
+            bar.set_postfix({k: f"{losses[k]:.4f}" for k in show})
+    bar.close()
+    return losses
