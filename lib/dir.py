@@ -1,0 +1,646 @@
+"""DIR: a denoiser built on information discard and robust representation restoration.
+
+Paper: "Eliminating Adversarial Noise via Information Discard and Robust Representation Restoration"
+(the authors' code, linked from the paper: github.com/chenyyyykun/DIR), Sections 3-4, Algorithm 1, Eqs. 2-9, Appendix A.
+
+What the paper does, and where it lives here:
+- Information discard (Section 3.3): K random complementary patch masks at a fixed ratio (K = 2 at 50%,
+  Section 4.1) are laid over the input x′; `complementary_masks`, `DIRDenoiser.draw_masks`.
+- The denoiser g_ω (Section 4.1, Appendix C): a masked-autoencoder-style ViT (He et al. 2022): patch
+  embedding + fixed 2-D sine-cosine position embedding, an encoder of ViT blocks that sees only the visible
+  patches of one mask, a light decoder that gets mask tokens in the gaps and predicts every patch's pixels.
+  The restored image is the mean of the K reconstructions, x̃ = (1/K) Σ_k g_ω(x′ × m_k) (Eq. 5);
+  `DIRDenoiser.reconstruct`, `DIRDenoiser.restore`, `DIRDenoiser.forward` (fresh masks on every call).
+- Pre-training (Eq. 2): Σ_k ‖g_ω(x′ × m_k) − x‖², x′ crafted against the target alone; `pretrain_loss`,
+  `pretrain`.
+- L_adv (Eq. 6): the target's cross-entropy on the restored image of white-box adversarial examples crafted
+  by PGD against g_ω + h_θ; `adversarial_loss`. L_rep (Eqs. 4-5): KL between the target's outputs on x̃ and
+  on x̃ + δ, δ maximising that KL; `kl_perturbation`, `representation_loss`. L_den = L_adv + α·L_rep (Eq. 7),
+  α = 2; `dir_loss`, `train_dir` (Algorithm 1). SGD, momentum 0.9, weight decay 2·10⁻⁴, lr 10⁻² divided by
+  10 at epochs 75 and 90 of 90 (so once, for the last 15 epochs); 20 pre-training epochs; training attack PGD
+  ε 8/255, 5 steps of 2/255.
+- Appendix A / Fig. 2: `discard_noise`, `discard_pixels`. Eq. 8, the mask-aware attack: `mask_aware_attack`.
+
+Our choices where the paper is silent, and deviations (with why):
+- Architecture at `paper` scale follows the authors' public code: 2×2 patches on 32×32 images (256 tokens),
+  width 192, 3 heads, encoder 8 blocks, decoder 2 (the paper's Table 5 default). The decoder's width is not
+  stated anywhere we could read; we use the encoder's (192, 3 heads).
+- Masks: ratio r is the fraction of patches *discarded* by each mask; each mask keeps
+  n_v = round((1 − r)·L) of the L patches (at least 1, at most L − 1). The K masks are consecutive windows of
+  n_v patches along one random cyclic permutation of the patches (a fresh permutation per image), so every
+  patch is visible in ⌊K·n_v/L⌋ or ⌈K·n_v/L⌉ masks. At K = 2, r = 50% and even L the masks partition the
+  patches (the public code's split into two complementary halves). The paper's 30% / 70% ablation does not
+  say how K follows the ratio; we take the smallest K whose masks cover every patch, K = ⌈L / n_v⌉
+  (`covering_k`): 2 at 30% and 50%, 4 at 70% (for L = 64 and L = 256). Fewer masks than that would leave
+  patches that no reconstruction sees, which is no longer "complementary"; `complementary_masks` refuses it.
+- The encoder sees only the visible patches (MAE), which is exactly x′ × m_k with the masked pixels unseen;
+  the full decoded image of each mask (visible patches included) enters the mean, as in the public code.
+- The output is clamped to [0, 1] (the purifier contract). In training mode the clamp passes gradients
+  straight through (lib.hgd does the same), so pixels that start out of range still learn; in eval mode
+  (attacks, evaluation) the clamp is exact.
+- MAE initialisation, except that the pixel head starts at zero (an untrained denoiser outputs gray): at the
+  small scales a random head spends its few SGD steps undoing its own noise (initial MSE 1.6 against 0.06).
+- Losses are means over pixels and images rather than the paper's sums (a constant rescaling that keeps the
+  lr meaningful across image sizes and batch sizes). Eq. 2 is taken literally: the MSE of each mask's
+  reconstruction, averaged over the K masks.
+- L_rep's δ: the paper gives no budget. We use its training attack's (ε 8/255, 5 steps of 2/255) and the
+  TRADES start 0.001·N(0, 1) of the public code; KL(p(x̃) ‖ p(x̃ + δ)) in TRADES's argument order, with
+  gradients through both x̃ terms and δ held fixed.
+- The training attack is Madry PGD (random start, last iterate) written here so that its random start comes
+  from the training generator; the masks it differentiates through are redrawn at every step (the defense
+  draws fresh masks on every call, as in the public code). The denoiser is in eval mode while attacked.
+- Training images get random flips and crops (lib.data.augment_flip_crop), as CIFAR training usually does.
+- lr drops are placed at the same fractions of training (75/90 and 90/90 of the steps) at every scale, so
+  a short quick-scale run keeps the paper's shape of schedule.
+- Sizes shrink at `quick` / `smoke` (see `SETTINGS`); quick also uses 2 training-attack steps of 4/255 (the
+  most expensive part of every step), one epoch each of pre-training and training on 768 images, and higher
+  learning rates (0.2 for pre-training, 0.05 for training: with 24 steps each, the paper's 0.01 barely moves
+  the weights), so that both fit in the quick budget on 2 CPU cores.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from timm.layers import PatchEmbed, build_sincos2d_pos_embed
+from timm.models.vision_transformer import Block
+from torch import nn
+from tqdm.auto import tqdm
+
+from lib.cache import ModelCache
+from lib.data import ImageData, augment_flip_crop, dataset_info, iterate_batches, load_dataset
+from lib.purifiers import Defended, Purifier
+from lib.settings import Scale, check_eps, check_images, get_scale, resolve_device, seed_everything
+
+DIR_VERSION = 1
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Settings per scale
+# ----------------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class DIRSettings:
+    """Everything a scale decides for DIR. Units in the comments."""
+
+    name: str
+    patch_size: int  # pixels per patch side (public code: 2 on 32×32)
+    dim: int  # encoder width
+    depth: int  # encoder ViT blocks (paper: 8)
+    heads: int
+    decoder_dim: int
+    decoder_depth: int  # decoder ViT blocks (paper: 2)
+    decoder_heads: int
+    n_train: int  # training images
+    pretrain_epochs: int  # Eq. 2 (paper: 20)
+    epochs: int  # Algorithm 1 (paper: 90)
+    batch_size: int
+    mlp_ratio: float = 4.0
+    lr: float = 1e-2  # SGD (Section 4.1)
+    pretrain_lr: float = 1e-2
+    momentum: float = 0.9
+    weight_decay: float = 2e-4
+    lr_drops: tuple[float, ...] = (75 / 90, 90 / 90)  # fractions of the training steps; lr /10 at each
+    eps: float = 8 / 255  # training attacks (pre-training and L_adv)
+    attack_steps: int = 5
+    step_size: float = 2 / 255
+    rep_eps: float = 8 / 255  # δ of Eq. 4 (budget not in the paper; see the module docstring)
+    rep_steps: int = 5
+    rep_step_size: float = 2 / 255
+
+
+SETTINGS: dict[str, DIRSettings] = {
+    # every cell runs; numbers mean nothing
+    "smoke": DIRSettings("smoke", patch_size=8, dim=16, depth=1, heads=2, decoder_dim=16, decoder_depth=1,
+                         decoder_heads=2, n_train=64, pretrain_epochs=1, epochs=1, batch_size=32, attack_steps=1,
+                         step_size=8 / 255, rep_steps=1, rep_step_size=8 / 255),
+    # 4×4 patches (64 tokens), a narrow 4+1-block ViT; 24 + 24 SGD steps, sized for ~100 s of pre-training +
+    # training on 2 CPU cores; higher lrs because so few steps (measured: see the module docstring)
+    "quick": DIRSettings("quick", patch_size=4, dim=64, depth=4, heads=4, decoder_dim=64, decoder_depth=1,
+                         decoder_heads=4, n_train=768, pretrain_epochs=1, epochs=1, batch_size=32,
+                         lr=5e-2, pretrain_lr=0.2, attack_steps=2, step_size=4 / 255, rep_steps=2,
+                         rep_step_size=4 / 255),
+    # Section 4.1 and the public code
+    "paper": DIRSettings("paper", patch_size=2, dim=192, depth=8, heads=3, decoder_dim=192, decoder_depth=2,
+                         decoder_heads=3, n_train=50_000, pretrain_epochs=20, epochs=90, batch_size=128),
+}
+
+
+def dir_settings(scale: str | Scale | DIRSettings) -> DIRSettings:
+    """The DIR settings of a scale (by name or lib.settings.Scale)."""
+    if isinstance(scale, DIRSettings):
+        return scale
+    name = scale.name if isinstance(scale, Scale) else scale
+    if name not in SETTINGS:
+        raise ValueError(f"Unknown scale {name!r} for DIR: choose one of {sorted(SETTINGS)}.")
+    return SETTINGS[name]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Complementary masks (information discard, Section 3.3)
+# ----------------------------------------------------------------------------------------------------------
+
+def _check_ratio(ratio: float) -> float:
+    ratio = float(ratio)
+    if not 0 < ratio < 1:
+        raise ValueError(f"mask ratio={ratio:g} must lie strictly between 0 and 1: it is the fraction of patches "
+                         "each mask discards (the paper: 0.5; ablation 0.3 and 0.7).")
+    return ratio
+
+
+def visible_per_mask(n_patches: int, ratio: float) -> int:
+    """n_v = round((1 − ratio)·L), kept in [1, L − 1]: the patches each mask leaves visible."""
+    _check_ratio(ratio)
+    if n_patches < 2:
+        raise ValueError(f"Masking needs at least 2 patches per image; got {n_patches}. Use a smaller patch size.")
+    return min(max(round((1 - ratio) * n_patches), 1), n_patches - 1)
+
+
+def covering_k(n_patches: int, ratio: float) -> int:
+    """The smallest K whose masks together see every patch: ⌈L / n_v⌉ (2 at 50%; see the module docstring)."""
+    return math.ceil(n_patches / visible_per_mask(n_patches, ratio))
+
+
+def complementary_masks(batch_size: int, n_patches_h: int, n_patches_w: int, k: int, ratio: float,
+                        generator: torch.Generator) -> torch.Tensor:
+    """K complementary random masks per image: bool (batch_size, K, L), True = visible, L = n_h·n_w.
+
+    Each mask keeps n_v = `visible_per_mask(L, ratio)` patches: mask j takes positions j·n_v … (j+1)·n_v − 1
+    (mod L) of a random permutation of the patches (one per image), so together the masks cover every
+    patch, each patch ⌊K·n_v/L⌋ or ⌈K·n_v/L⌉ times; at K = 2, 50% and even L they partition the patches.
+    Randomness comes only from `generator` (on the device the masks are made on).
+    """
+    n_patches = n_patches_h * n_patches_w
+    n_visible = visible_per_mask(n_patches, ratio)
+    if k < 1:
+        raise ValueError(f"k={k}: the number of masks must be at least 1 (the paper: 2).")
+    if k * n_visible < n_patches:
+        raise ValueError(f"{k} mask(s) keeping {n_visible} of {n_patches} patches each cannot cover every patch; "
+                         f"use k >= {covering_k(n_patches, ratio)} at ratio {ratio:g} (covering_k).")
+    device = generator.device
+    order = torch.rand(batch_size, n_patches, generator=generator, device=device).argsort(1)
+    slots = (torch.arange(k, device=device)[:, None] * n_visible
+             + torch.arange(n_visible, device=device)[None, :]) % n_patches  # (K, n_v) positions in the order
+    chosen = order[:, slots]  # (N, K, n_v) patch indices
+    masks = torch.zeros(batch_size, k, n_patches, dtype=torch.bool, device=device)
+    masks.scatter_(2, chosen, True)
+    return masks
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The denoiser (Section 4.1): an MAE-style ViT
+# ----------------------------------------------------------------------------------------------------------
+
+class DIRDenoiser(Purifier):
+    """g_ω: K complementary masks, one MAE-style reconstruction per mask, restored image = their mean (Eq. 5).
+
+    forward(x′: (N, C, H, W) in [0, 1]) -> x̃: (N, C, H, W) in [0, 1], H = W = image_size. Fresh masks from
+    this purifier's own generator on every call (random, differentiable). reconstruct(x, masks) gives the
+    per-mask reconstructions (N, K, C, H, W) for masks (N, K, L) bool, True = visible.
+    """
+
+    differentiable = True
+    randomized = True
+
+    def __init__(self, channels: int = 3, image_size: int = 32, patch_size: int = 2, dim: int = 192, depth: int = 8,
+                 heads: int = 3, decoder_dim: int = 192, decoder_depth: int = 2, decoder_heads: int = 3,
+                 mlp_ratio: float = 4.0, mask_ratio: float = 0.5, k: int | None = None, seed: int = 0):
+        super().__init__(seed)
+        if image_size % patch_size:
+            raise ValueError(f"image_size {image_size} is not a multiple of patch_size {patch_size}.")
+        if dim % 4 or decoder_dim % 4:
+            raise ValueError(f"The 2-D sine-cosine position embedding needs widths divisible by 4; got dim={dim}, "
+                             f"decoder_dim={decoder_dim}.")
+        self.channels, self.image_size, self.patch_size = channels, image_size, patch_size
+        self.grid = image_size // patch_size
+        self.n_patches = self.grid ** 2
+        self.mask_ratio = _check_ratio(mask_ratio)
+        self.k = covering_k(self.n_patches, mask_ratio) if k is None else int(k)
+        complementary_masks(1, self.grid, self.grid, self.k, mask_ratio, torch.Generator())  # validates k now
+        self.n_visible = visible_per_mask(self.n_patches, mask_ratio)
+
+        self.patch_embed = PatchEmbed(image_size, patch_size, channels, dim)
+        self.register_buffer("pos_embed", build_sincos2d_pos_embed([self.grid, self.grid], dim)[None], persistent=False)
+        self.blocks = nn.ModuleList(Block(dim, heads, mlp_ratio, qkv_bias=True) for _ in range(depth))
+        self.norm = nn.LayerNorm(dim)
+        self.decoder_embed = nn.Linear(dim, decoder_dim)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_dim))
+        self.register_buffer("decoder_pos_embed",
+                             build_sincos2d_pos_embed([self.grid, self.grid], decoder_dim)[None], persistent=False)
+        self.decoder_blocks = nn.ModuleList(Block(decoder_dim, decoder_heads, mlp_ratio, qkv_bias=True)
+                                            for _ in range(decoder_depth))
+        self.decoder_norm = nn.LayerNorm(decoder_dim)
+        self.head = nn.Linear(decoder_dim, patch_size ** 2 * channels)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        """MAE's initialisation (Xavier-uniform linears and patch projection, zero biases, N(0, 0.02) mask token),
+        except the pixel head, which starts at zero."""
+        w = self.patch_embed.proj.weight
+        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+        nn.init.normal_(self.mask_token, std=0.02)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        # the pixel head starts at zero (every pixel 0.5): with the few hundred SGD steps of the small scales a
+        # random head spends them undoing its own noise (initial MSE ~1.6 instead of ~0.07)
+        nn.init.zeros_(self.head.weight)
+
+    def draw_masks(self, x: torch.Tensor) -> torch.Tensor:
+        """K complementary masks for each image of x, from this purifier's own generator."""
+        return complementary_masks(len(x), self.grid, self.grid, self.k, self.mask_ratio, self.generator(x.device))
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        check_images(x, "x")
+        if x.shape[1] != self.channels or x.shape[-2:] != (self.image_size, self.image_size):
+            raise ValueError(f"This DIR denoiser takes ({self.channels}, {self.image_size}, {self.image_size}) "
+                             f"images; got {tuple(x.shape[1:])}.")
+
+    def unpatchify(self, patches: torch.Tensor) -> torch.Tensor:
+        """(B, L, p²·C) -> (B, C, H, W)."""
+        b, p, g, c = len(patches), self.patch_size, self.grid, self.channels
+        return patches.view(b, g, g, p, p, c).permute(0, 5, 1, 3, 2, 4).reshape(b, c, g * p, g * p)
+
+    def reconstruct(self, x: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        """g_ω(x × m_k) for each mask: (N, K, C, H, W), unclamped. masks: (N, K, L) bool, True = visible.
+
+        Every mask must keep the same number of patches (one batch of K·N sequences through the encoder).
+        """
+        self._check_input(x)
+        n, k = masks.shape[:2]
+        if masks.dtype != torch.bool or masks.shape != (len(x), k, self.n_patches):
+            raise ValueError(f"masks must be bool of shape (N, K, {self.n_patches}) with N = {len(x)}; got "
+                             f"{masks.dtype} {tuple(masks.shape)}.")
+        counts = masks.sum(2)
+        n_visible = int(counts.flatten()[0]) if counts.numel() else 0
+        if not (counts == n_visible).all() or n_visible == 0:
+            raise ValueError("Every mask must keep the same, non-zero number of patches.")
+        tokens = self.patch_embed(x - 0.5) + self.pos_embed  # (N, L, D)
+        flat = masks.reshape(n * k, self.n_patches)
+        index = flat.nonzero()[:, 1].view(n * k, n_visible)  # visible patch ids per row, ascending
+        seq = tokens.repeat_interleave(k, 0)  # image i, mask j at row i·K + j
+        seq = seq.gather(1, index[..., None].expand(-1, -1, seq.shape[-1]))
+        for block in self.blocks:
+            seq = block(seq)
+        seq = self.decoder_embed(self.norm(seq))
+        full = self.mask_token.expand(n * k, self.n_patches, -1).clone()
+        full = full.scatter(1, index[..., None].expand(-1, -1, full.shape[-1]), seq)
+        full = full + self.decoder_pos_embed
+        for block in self.decoder_blocks:
+            full = block(full)
+        images = self.unpatchify(self.head(self.decoder_norm(full)) + 0.5)
+        return images.view(n, k, *x.shape[1:])
+
+    def restore(self, x: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        """x̃ = mean of the K reconstructions (Eq. 5), clamped to [0, 1] (straight-through in training mode)."""
+        mean = self.reconstruct(x, masks).mean(1)
+        clamped = mean.clamp(0, 1)
+        if self.training:
+            return mean + (clamped - mean).detach()
+        return clamped
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input(x)
+        return self.restore(x, self.draw_masks(x))
+
+
+def build_denoiser(settings: DIRSettings | str, channels: int = 3, image_size: int = 32, *, mask_ratio: float = 0.5,
+                   k: int | None = None, depth: int | None = None, decoder_depth: int | None = None,
+                   seed: int = 0) -> DIRDenoiser:
+    """A freshly initialised DIR denoiser with a scale's widths (depths overridable for Table 5).
+
+    The patch size is the scale's, or for small images (digits 8×8) the largest smaller one that divides
+    the image and leaves at least 2×2 patches to mask.
+    """
+    s = dir_settings(settings)
+    patch = next((p for p in range(min(s.patch_size, image_size // 2), 0, -1) if image_size % p == 0), None)
+    if patch is None:
+        raise ValueError(f"Images of size {image_size} are too small for patch masking (need at least 2×2 pixels).")
+    return DIRDenoiser(channels, image_size, patch, s.dim, s.depth if depth is None else depth, s.heads,
+                       s.decoder_dim, s.decoder_depth if decoder_depth is None else decoder_depth, s.decoder_heads,
+                       s.mlp_ratio, mask_ratio, k, seed)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Attacks used in training, and the losses (Eqs. 2, 4-7)
+# ----------------------------------------------------------------------------------------------------------
+
+class _Frozen:
+    """Hold a classifier fixed (eval mode, no parameter gradients) and restore it afterwards."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+
+    def __enter__(self):
+        self.training = self.model.training
+        self.flags = [p.requires_grad for p in self.model.parameters()]
+        self.model.eval().requires_grad_(False)
+        return self.model
+
+    def __exit__(self, *exc):
+        for p, flag in zip(self.model.parameters(), self.flags):
+            p.requires_grad_(flag)
+        self.model.train(self.training)
+
+
+def pgd_linf(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int, step_size: float,
+             generator: torch.Generator | None = None) -> torch.Tensor:
+    """Madry PGD (L∞, uniform random start, last iterate) maximising model's cross-entropy; used for training.
+
+    The random start comes from `generator` (x's device) when given, else torch's global RNG. Parameter
+    gradients are not accumulated (only the input is differentiated). Returns detached images in [0, 1].
+    """
+    check_images(x, "x")
+    check_eps(eps)
+    check_eps(step_size, "step_size")
+    noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    adv = (x + (2 * noise - 1) * eps).clamp(0, 1).detach()
+    for _ in range(steps):
+        adv.requires_grad_(True)
+        grad, = torch.autograd.grad(F.cross_entropy(model(adv), y), adv)
+        adv = (x + (adv.detach() + step_size * grad.sign() - x).clamp(-eps, eps)).clamp(0, 1).detach()
+    return adv
+
+
+def pretrain_loss(denoiser: DIRDenoiser, x_adv: torch.Tensor, x: torch.Tensor,
+                  masks: torch.Tensor | None = None) -> torch.Tensor:
+    """Eq. 2: the MSE of each mask's reconstruction g_ω(x′ × m_k) against the clean x, averaged over the K masks."""
+    masks = denoiser.draw_masks(x_adv) if masks is None else masks
+    recon = denoiser.reconstruct(x_adv, masks)
+    return F.mse_loss(recon, x[:, None].expand_as(recon))
+
+
+def adversarial_loss(target: nn.Module, restored: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Eq. 6: the target's cross-entropy on the restored image x̃ of a white-box adversarial example."""
+    return F.cross_entropy(target(restored), y)
+
+
+def _kl(logits_p: torch.Tensor, logits_q: torch.Tensor) -> torch.Tensor:
+    """KL(softmax(p) ‖ softmax(q)), mean over the batch."""
+    return F.kl_div(F.log_softmax(logits_q, 1), F.log_softmax(logits_p, 1), reduction="batchmean", log_target=True)
+
+
+def kl_perturbation(target: nn.Module, restored: torch.Tensor, eps: float = 8 / 255, steps: int = 5,
+                    step_size: float = 2 / 255, generator: torch.Generator | None = None) -> torch.Tensor:
+    """δ of Eq. 4: ‖δ‖∞ ≤ eps, x̃ + δ in [0, 1], maximising KL(h(x̃) ‖ h(x̃ + δ)) by sign-gradient ascent.
+
+    Starts from 0.001·N(0, 1) (TRADES, the public code), noise from `generator` when given. x̃ is detached
+    here; returns δ detached.
+    """
+    check_eps(eps)
+    check_eps(step_size, "step_size")
+    base = restored.detach()
+    with torch.no_grad():
+        clean_logits = target(base)
+    noise = torch.randn(base.shape, generator=generator, device=base.device, dtype=base.dtype)
+    adv = (base + 0.001 * noise).clamp(0, 1)
+    for _ in range(steps):
+        adv.requires_grad_(True)
+        grad, = torch.autograd.grad(_kl(clean_logits, target(adv)), adv)
+        adv = (base + (adv.detach() + step_size * grad.sign() - base).clamp(-eps, eps)).clamp(0, 1).detach()
+    return adv - base
+
+
+def representation_loss(target: nn.Module, restored: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """Eqs. 4-5: KL(h(x̃) ‖ h(x̃ + δ)) with gradients through both x̃ terms (δ fixed)."""
+    return _kl(target(restored), target((restored + delta).clamp(0, 1)))
+
+
+def dir_loss(denoiser: DIRDenoiser, target: nn.Module, x_adv: torch.Tensor, y: torch.Tensor, *,
+             alpha: float = 2.0, rep_eps: float = 8 / 255, rep_steps: int = 5, rep_step_size: float = 2 / 255,
+             generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    """Eq. 7: L_den = L_adv + α·L_rep on white-box adversarial examples x_adv (fresh masks). Returns all terms."""
+    restored = denoiser(x_adv)
+    delta = kl_perturbation(target, restored, rep_eps, rep_steps, rep_step_size, generator)
+    l_adv = adversarial_loss(target, restored, y)
+    l_rep = representation_loss(target, restored, delta)
+    return {"loss": l_adv + alpha * l_rep, "adv": l_adv, "rep": l_rep}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Training (Algorithm 1)
+# ----------------------------------------------------------------------------------------------------------
+
+def _optimizer(denoiser: nn.Module, s: DIRSettings, lr: float) -> torch.optim.SGD:
+    return torch.optim.SGD(denoiser.parameters(), lr=lr, momentum=s.momentum, weight_decay=s.weight_decay)
+
+
+def _batches(data: ImageData, s: DIRSettings, seed: int, epoch: int, device):
+    return iterate_batches(data, s.batch_size, shuffle=True, seed=seed * 1000 + epoch, device=device,
+                           drop_last=len(data) >= s.batch_size)
+
+
+def pretrain(denoiser: DIRDenoiser, data: ImageData, settings: DIRSettings | str, *, target: nn.Module,
+             device="cpu", seed: int = 0, progress: bool = True) -> dict:
+    """Algorithm 1, line 1: Eq. 2 on PGD examples crafted against the target alone (held fixed); returns metrics."""
+    s = dir_settings(settings)
+    device = resolve_device(device)
+    denoiser.to(device).train()
+    target = target.to(device)
+    opt = _optimizer(denoiser, s, s.pretrain_lr)
+    gen = torch.Generator().manual_seed(seed)
+    attack_gen = torch.Generator(device=device).manual_seed(seed)
+    losses, start = [], time.perf_counter()
+    steps_per_epoch = max(len(data) // s.batch_size, 1)
+    bar = tqdm(total=s.pretrain_epochs * steps_per_epoch, desc="pre-train DIR", disable=not progress, leave=False)
+    with _Frozen(target):
+        for epoch in range(s.pretrain_epochs):
+            running, count = 0.0, 0
+            for x, y in _batches(data, s, seed, epoch, device):
+                x = augment_flip_crop(x, gen)
+                x_adv = pgd_linf(target, x, y, s.eps, s.attack_steps, s.step_size, attack_gen)
+                loss = pretrain_loss(denoiser, x_adv, x)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                running, count = running + loss.item(), count + 1
+                bar.update()
+                bar.set_postfix(epoch=epoch + 1, mse=f"{loss.item():.4f}")
+            losses.append(running / max(count, 1))
+    bar.close()
+    denoiser.eval()
+    return {"pretrain_epoch_losses": losses, "pretrain_seconds": time.perf_counter() - start}
+
+
+def train_dir(denoiser: DIRDenoiser, data: ImageData, settings: DIRSettings | str, *, target: nn.Module,
+              alpha: float = 2.0, device="cpu", seed: int = 0, progress: bool = True) -> dict:
+    """Algorithm 1, lines 2-12: minimise L_adv + α·L_rep on white-box PGD examples against g_ω + h_θ.
+
+    SGD (momentum, weight decay), lr divided by 10 at each of `settings.lr_drops` (fractions of the steps).
+    The target is held fixed. Returns metrics: per-epoch means of L_den, L_adv, L_rep and seconds.
+    """
+    s = dir_settings(settings)
+    if alpha < 0:
+        raise ValueError(f"alpha={alpha} must be non-negative (the paper: 2.0, ablation 0 to 5).")
+    device = resolve_device(device)
+    denoiser.to(device)
+    target = target.to(device)
+    opt = _optimizer(denoiser, s, s.lr)
+    steps_per_epoch = max(len(data) // s.batch_size, 1)
+    total = s.epochs * steps_per_epoch
+    drops = sorted(int(round(f * total)) for f in s.lr_drops)
+    gen = torch.Generator().manual_seed(seed)
+    attack_gen = torch.Generator(device=device).manual_seed(seed + 1)
+    history = {"loss": [], "adv": [], "rep": []}
+    step, start = 0, time.perf_counter()
+    bar = tqdm(total=total, desc="train DIR", disable=not progress, leave=False)
+    with _Frozen(target):
+        system = Defended(denoiser, target)
+        for epoch in range(s.epochs):
+            sums = {key: 0.0 for key in history}
+            count = 0
+            for x, y in _batches(data, s, seed, epoch, device):
+                lr = s.lr * 0.1 ** sum(step >= d for d in drops)
+                for group in opt.param_groups:
+                    group["lr"] = lr
+                x = augment_flip_crop(x, gen)
+                denoiser.eval()  # attacked as it is evaluated (exact clamp)
+                x_adv = pgd_linf(system, x, y, s.eps, s.attack_steps, s.step_size, attack_gen)
+                denoiser.train()
+                terms = dir_loss(denoiser, target, x_adv, y, alpha=alpha, rep_eps=s.rep_eps, rep_steps=s.rep_steps,
+                                 rep_step_size=s.rep_step_size, generator=attack_gen)
+                opt.zero_grad(set_to_none=True)
+                terms["loss"].backward()
+                opt.step()
+                for key in history:
+                    sums[key] += terms[key].item()
+                count += 1
+                step += 1
+                bar.update()
+                bar.set_postfix(epoch=epoch + 1, adv=f"{terms['adv'].item():.3f}", rep=f"{terms['rep'].item():.3f}")
+            for key in history:
+                history[key].append(sums[key] / max(count, 1))
+    bar.close()
+    denoiser.eval()
+    return {"epoch_losses": history["loss"], "epoch_adv_losses": history["adv"], "epoch_rep_losses": history["rep"],
+            "train_seconds": time.perf_counter() - start}
+
+
+def _training_fields(s: DIRSettings) -> dict:
+    """The settings that determine a trained denoiser (all of them: DIRSettings holds nothing else)."""
+    fields = dataclasses.asdict(s)
+    fields.pop("name")
+    return fields
+
+
+def get_dir(dataset: str = "shapes10", scale: str | Scale = "quick", seed: int = 0, *, target: nn.Module,
+            target_record: dict, mask_ratio: float = 0.5, k: int | None = None, alpha: float = 2.0,
+            pretrain: bool = True, depth: int | None = None, decoder_depth: int | None = None, device="auto",
+            data_root=None, cache: ModelCache | None = None, progress: bool = True) -> tuple[DIRDenoiser, dict]:
+    """A trained DIR denoiser (eval mode, on device) and its record, through the model cache.
+
+    target / target_record: the classifier DIR is trained against (lib.zoo.get_classifier); mask_ratio and k:
+    the masks (k=None: `covering_k`, 2 at 50%); alpha: the weight of L_rep; pretrain: run Eq. 2 first
+    (the no-pre-training ablation sets False); depth / decoder_depth: override the scale's (Table 5). The
+    spec holds everything that determines the model, including the target's hash.
+    """
+    scale = get_scale(scale)
+    s = dir_settings(scale)
+    device = resolve_device(device)
+    cache = cache or ModelCache()
+    _check_ratio(mask_ratio)
+    if alpha < 0:
+        raise ValueError(f"alpha={alpha} must be non-negative (the paper: 2.0, ablation 0 to 5).")
+    info = dataset_info(dataset)
+    image_size, channels = info.size, info.channels
+
+    def build() -> DIRDenoiser:
+        seed_everything(seed)
+        return build_denoiser(s, channels, image_size, mask_ratio=mask_ratio, k=k, depth=depth,
+                              decoder_depth=decoder_depth, seed=seed)
+
+    probe = build()  # resolves k and the patch size for the spec
+    spec = {
+        "kind": "dir_denoiser", "version": DIR_VERSION, "dataset": dataset, "scale": scale.name,
+        "settings": _training_fields(s), "patch_size": probe.patch_size, "image_size": image_size,
+        "depth": len(probe.blocks), "decoder_depth": len(probe.decoder_blocks), "mask_ratio": mask_ratio,
+        "k": probe.k, "alpha": alpha, "pretrain": pretrain, "seed": seed, "target": target_record["hash"],
+    }
+    target = target.to(device).eval()
+
+    def train(model: DIRDenoiser) -> dict:
+        data = load_dataset(dataset, "train", data_root).subset(s.n_train, seed)
+        seed_everything(seed)
+        metrics = _pretrain(model, data, s, target=target, device=device, seed=seed, progress=progress) \
+            if pretrain else {}
+        metrics.update(train_dir(model, data, s, target=target, alpha=alpha, device=device, seed=seed,
+                                 progress=progress))
+        return metrics
+
+    model, record = cache.load_or_train(spec, build, train, device)
+    model.reseed(seed)
+    record["spec"] = spec
+    return model, record
+
+
+_pretrain = pretrain  # get_dir's `pretrain` flag shadows the function's name inside it
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Fig. 2 / Appendix A and the mask-aware attack (Eq. 8)
+# ----------------------------------------------------------------------------------------------------------
+
+def _discard_mask(shape: torch.Size, fraction: float, generator: torch.Generator, device) -> torch.Tensor:
+    """(N, 1, H, W) float: 0 at exactly round(fraction·H·W) random pixel positions per image, 1 elsewhere."""
+    fraction = float(fraction)
+    if not 0 <= fraction <= 1:
+        raise ValueError(f"fraction={fraction:g} must lie in [0, 1]: the share of pixel positions discarded.")
+    n, _, h, w = shape
+    n_drop = round(fraction * h * w)
+    ranks = torch.rand(n, h * w, generator=generator, device=generator.device).argsort(1).argsort(1)
+    return (ranks >= n_drop).float().view(n, 1, h, w).to(device)
+
+
+def discard_noise(x: torch.Tensor, x_adv: torch.Tensor, fraction: float, generator: torch.Generator) -> torch.Tensor:
+    """Appendix A: x + (x_adv − x) with the noise set to zero at a random `fraction` of pixel positions
+    (all channels of a position together). Randomness only from `generator`."""
+    check_images(x, "x")
+    check_images(x_adv, "x_adv")
+    if x.shape != x_adv.shape:
+        raise ValueError(f"x and x_adv differ in shape: {tuple(x.shape)} vs {tuple(x_adv.shape)}.")
+    keep = _discard_mask(x.shape, fraction, generator, x.device)
+    return (x + (x_adv - x) * keep).clamp(0, 1)
+
+
+def discard_pixels(x: torch.Tensor, fraction: float, generator: torch.Generator) -> torch.Tensor:
+    """Appendix A: x with a random `fraction` of its pixel positions set to zero."""
+    check_images(x, "x")
+    return x * _discard_mask(x.shape, fraction, generator, x.device)
+
+
+class _FixedMasks(nn.Module):
+    """x ↦ h(x̃) with the denoiser's masks fixed to `masks` (what the mask-aware attacker knows)."""
+
+    def __init__(self, denoiser: DIRDenoiser, target: nn.Module, masks: torch.Tensor):
+        super().__init__()
+        self.denoiser, self.target, self.masks = denoiser, target, masks
+
+    def forward(self, x):
+        return self.target(self.denoiser.restore(x, self.masks))
+
+
+def mask_aware_attack(denoiser: DIRDenoiser, target: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                      masks: torch.Tensor | None = None, eps: float = 8 / 255, steps: int = 40,
+                      step_size: float = 2 / 255, generator: torch.Generator | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eq. 8: PGD against h ∘ g with the defense's masks known and fixed. Returns (x_adv, masks).
+
+    masks: the masks the defense will use (drawn from the denoiser's own generator when None); evaluate
+    with `target(denoiser.restore(x_adv, masks))`. The random start comes from `generator` (x's device).
+    """
+    masks = denoiser.draw_masks(x) if masks is None else masks
+    was_training = denoiser.training
+    denoiser.eval()
+    with _Frozen(target):
+        x_adv = pgd_linf(_FixedMasks(denoiser, target, masks), x, y, eps, steps, step_size, generator)
+    denoiser.train(was_training)
+    return x_adv, masks
