@@ -74,7 +74,7 @@ from tqdm.auto import tqdm
 from lib.cache import ModelCache
 from lib.data import ImageData, augment_flip_crop, dataset_info, iterate_batches, load_dataset
 from lib.purifiers import Defended, Purifier
-from lib.settings import Scale, check_eps, check_images, get_scale, resolve_device, seed_everything
+from lib.settings import Scale, check_eps, check_images, get_scale, resolve_device, scale_settings, seed_everything
 
 DIR_VERSION = 1
 
@@ -132,12 +132,7 @@ SETTINGS: dict[str, DIRSettings] = {
 
 def dir_settings(scale: str | Scale | DIRSettings) -> DIRSettings:
     """The DIR settings of a scale (by name or lib.settings.Scale)."""
-    if isinstance(scale, DIRSettings):
-        return scale
-    name = scale.name if isinstance(scale, Scale) else scale
-    if name not in SETTINGS:
-        raise ValueError(f"Unknown scale {name!r} for DIR: choose one of {sorted(SETTINGS)}.")
-    return SETTINGS[name]
+    return scale if isinstance(scale, DIRSettings) else scale_settings(SETTINGS, scale, "DIR")
 
 
 # ----------------------------------------------------------------------------------------------------------

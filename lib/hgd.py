@@ -70,7 +70,7 @@ from lib.cache import ModelCache, spec_hash
 from lib.data import ImageData, dataset_info, load_dataset
 from lib.purifiers import Purifier
 from lib.results import result_row
-from lib.settings import Scale, get_scale, resolve_device, seed_everything
+from lib.settings import Scale, get_scale, resolve_device, scale_settings, seed_everything
 
 HGD_VERSION = 1
 OBJECTIVES = ("pixel", "fgd", "lgd", "cgd")
@@ -125,12 +125,7 @@ SETTINGS: dict[str, HGDSettings] = {
 
 def hgd_settings(scale: str | Scale | HGDSettings) -> HGDSettings:
     """The HGD settings of a scale (by name or lib.settings.Scale)."""
-    if isinstance(scale, HGDSettings):
-        return scale
-    name = scale.name if isinstance(scale, Scale) else scale
-    if name not in SETTINGS:
-        raise ValueError(f"Unknown scale {name!r} for HGD: choose one of {sorted(SETTINGS)}.")
-    return SETTINGS[name]
+    return scale if isinstance(scale, HGDSettings) else scale_settings(SETTINGS, scale, "HGD")
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -71,6 +71,14 @@ def get_scale(name: str | Scale) -> Scale:
     return SCALES[name]
 
 
+def scale_settings(table: Mapping[str, Any], scale: str | Scale, method: str):
+    """A method's own settings at a scale: `table[scale name]` (the SETTINGS of lib.hgd, lib.dir, ...)."""
+    name = scale.name if isinstance(scale, Scale) else scale
+    if name not in table:
+        raise ValueError(f"Unknown scale {name!r} for {method}: choose one of {sorted(table)}.")
+    return table[name]
+
+
 def resolve_scale(name: str | None) -> Scale:
     """The scale a notebook asked for; None means $PURIFY_SCALE, else 'quick'.
 
