@@ -22,7 +22,7 @@ from lib import ape_gan, comdefend, jatp, menet, nrp
 from lib.cache import ModelCache
 from lib.classifiers import build_classifier
 from lib.data import dataset_info, load_dataset
-from lib.settings import Scale, get_scale, resolve_device, seed_everything
+from lib.settings import Scale, get_scale, resolve_device, scale_settings, seed_everything
 
 BASELINES = ("ape_gan", "nrp", "jatp", "comdefend", "menet", "menet_adv")
 DISPLAY_NAMES = {"ape_gan": "APE-GAN", "nrp": "NRP", "jatp": "JATP", "comdefend": "ComDefend", "menet": "ME-Net",
@@ -40,8 +40,7 @@ def _check_name(name: str) -> str:
 
 def baseline_settings(name: str, scale: str | Scale):
     """The settings dataclass of baseline `name` at `scale` (smoke, quick, paper)."""
-    scale = get_scale(scale)
-    return _MODULES[_check_name(name)].SETTINGS[scale.name]
+    return scale_settings(_MODULES[_check_name(name)].SETTINGS, scale, DISPLAY_NAMES[name])
 
 
 def baseline_spec(name: str, dataset: str, scale: Scale, seed: int, target_record: dict) -> dict:

@@ -75,6 +75,7 @@ from lib.cache import ModelCache
 from lib.data import ImageData, augment_flip_crop, dataset_info, iterate_batches, load_dataset
 from lib.purifiers import Defended, Purifier
 from lib.settings import Scale, check_eps, check_images, get_scale, resolve_device, scale_settings, seed_everything
+from lib.training import Frozen
 
 DIR_VERSION = 1
 
@@ -329,23 +330,6 @@ def build_denoiser(settings: DIRSettings | str, channels: int = 3, image_size: i
 # Attacks used in training, and the losses (Eqs. 2, 4-7)
 # ----------------------------------------------------------------------------------------------------------
 
-class _Frozen:
-    """Hold a classifier fixed (eval mode, no parameter gradients) and restore it afterwards."""
-
-    def __init__(self, model: nn.Module):
-        self.model = model
-
-    def __enter__(self):
-        self.training = self.model.training
-        self.flags = [p.requires_grad for p in self.model.parameters()]
-        self.model.eval().requires_grad_(False)
-        return self.model
-
-    def __exit__(self, *exc):
-        for p, flag in zip(self.model.parameters(), self.flags):
-            p.requires_grad_(flag)
-        self.model.train(self.training)
-
 
 def pgd_linf(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int, step_size: float,
              generator: torch.Generator | None = None) -> torch.Tensor:
@@ -447,7 +431,7 @@ def pretrain(denoiser: DIRDenoiser, data: ImageData, settings: DIRSettings | str
     losses, start = [], time.perf_counter()
     steps_per_epoch = max(len(data) // s.batch_size, 1)
     bar = tqdm(total=s.pretrain_epochs * steps_per_epoch, desc="pre-train DIR", disable=not progress, leave=False)
-    with _Frozen(target):
+    with Frozen(target):
         for epoch in range(s.pretrain_epochs):
             running, count = 0.0, 0
             for x, y in _batches(data, s, seed, epoch, device):
@@ -488,7 +472,7 @@ def train_dir(denoiser: DIRDenoiser, data: ImageData, settings: DIRSettings | st
     history = {"loss": [], "adv": [], "rep": []}
     step, start = 0, time.perf_counter()
     bar = tqdm(total=total, desc="train DIR", disable=not progress, leave=False)
-    with _Frozen(target):
+    with Frozen(target):
         system = Defended(denoiser, target)
         for epoch in range(s.epochs):
             sums = {key: 0.0 for key in history}
@@ -635,7 +619,7 @@ def mask_aware_attack(denoiser: DIRDenoiser, target: nn.Module, x: torch.Tensor,
     masks = denoiser.draw_masks(x) if masks is None else masks
     was_training = denoiser.training
     denoiser.eval()
-    with _Frozen(target):
+    with Frozen(target):
         x_adv = pgd_linf(_FixedMasks(denoiser, target, masks), x, y, eps, steps, step_size, generator)
     denoiser.train(was_training)
     return x_adv, masks

@@ -71,6 +71,7 @@ from lib.data import ImageData, dataset_info, load_dataset
 from lib.purifiers import Purifier
 from lib.results import result_row
 from lib.settings import Scale, get_scale, resolve_device, scale_settings, seed_everything
+from lib.training import Frozen
 
 HGD_VERSION = 1
 OBJECTIVES = ("pixel", "fgd", "lgd", "cgd")
@@ -461,25 +462,6 @@ def make_test_sets(models: dict[str, nn.Module], images: torch.Tensor, labels: t
 # Training
 # ----------------------------------------------------------------------------------------------------------
 
-class _Frozen:
-    """Hold a classifier fixed (eval mode, no parameter gradients) and restore it afterwards."""
-
-    def __init__(self, model: nn.Module | None):
-        self.model = model
-
-    def __enter__(self):
-        if self.model is not None:
-            self.training = self.model.training
-            self.flags = [p.requires_grad for p in self.model.parameters()]
-            self.model.eval().requires_grad_(False)
-        return self.model
-
-    def __exit__(self, *exc):
-        if self.model is not None:
-            for p, flag in zip(self.model.parameters(), self.flags):
-                p.requires_grad_(flag)
-            self.model.train(self.training)
-
 
 def train_denoiser(denoiser: Denoiser, objective: str, data: AdversarialSet, settings: HGDSettings | str, *,
                    classifier: nn.Module | None = None, feature_layer: nn.Module | None = None, device="cpu",
@@ -509,7 +491,7 @@ def train_denoiser(denoiser: Denoiser, objective: str, data: AdversarialSet, set
     losses, step, seen = [], 0, 0
     start = time.perf_counter()
     bar = tqdm(total=total, desc=f"train {type(denoiser).__name__} ({objective})", disable=not progress, leave=False)
-    with _Frozen(guide):
+    with Frozen(guide):
         for epoch in range(s.epochs):
             order = torch.randperm(n, generator=gen)
             running = 0.0

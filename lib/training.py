@@ -168,3 +168,25 @@ def run_epochs(step, data: ImageData, *, epochs: int, batch_size: int, seed: int
             bar.set_postfix({k: f"{losses[k]:.4f}" for k in show})
     bar.close()
     return losses
+
+
+class Frozen:
+    """`with Frozen(model):` holds a classifier fixed (eval mode, no parameter gradients) and restores its mode
+    and flags afterwards; a purifier trained against it gets gradients through it but never changes it.
+    `None` is allowed (nothing to freeze)."""
+
+    def __init__(self, model: nn.Module | None):
+        self.model = model
+
+    def __enter__(self):
+        if self.model is not None:
+            self.training = self.model.training
+            self.flags = [p.requires_grad for p in self.model.parameters()]
+            self.model.eval().requires_grad_(False)
+        return self.model
+
+    def __exit__(self, *exc):
+        if self.model is not None:
+            for p, flag in zip(self.model.parameters(), self.flags):
+                p.requires_grad_(flag)
+            self.model.train(self.training)
