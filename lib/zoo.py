@@ -21,7 +21,9 @@ RECIPE_VERSION = 1
 
 def classifier_spec(dataset: str, recipe_name: str, scale: Scale, seed: int, arch: str | None = None,
                     **recipe_overrides) -> dict:
-    recipe = recipe_for(recipe_name, scale, **recipe_overrides)
+    recipe = dataclasses.asdict(recipe_for(recipe_name, scale, **recipe_overrides))
+    if not recipe["eps_warmup"]:
+        del recipe["eps_warmup"]  # added later: left out when off, so earlier checkpoints keep their specs
     return {
         "kind": "classifier",
         "version": RECIPE_VERSION,
@@ -30,7 +32,7 @@ def classifier_spec(dataset: str, recipe_name: str, scale: Scale, seed: int, arc
         "dataset": dataset,
         "n_train": scale.n_train,
         "n_test": scale.n_test,
-        "recipe": dataclasses.asdict(recipe),
+        "recipe": recipe,
         "seed": seed,
     }
 

@@ -108,6 +108,29 @@ def test_robust_recipe_runs_one_epoch(shapes, name):
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
+def test_eps_warmup_ramps_the_inner_attack_and_is_validated():
+    from lib.training import _inner_attack, _ramp_attack
+
+    recipe = Recipe(name="mart", eps_warmup=0.5, step_size=4 / 255)
+    attack = _inner_attack(build_classifier("resnet_small", "shapes10", width=4), recipe)
+    _ramp_attack(attack, recipe, 0.0)
+    assert attack.eps == 0 and attack.alpha == 0
+    _ramp_attack(attack, recipe, 0.25)
+    assert attack.eps == pytest.approx(4 / 255) and attack.alpha == pytest.approx(2 / 255)
+    _ramp_attack(attack, recipe, 0.9)
+    assert attack.eps == pytest.approx(8 / 255) and attack.alpha == pytest.approx(4 / 255)
+    with pytest.raises(ValueError, match="eps_warmup"):
+        Recipe(name="mart", eps_warmup=1.0)
+
+
+def test_mart_warms_up_only_in_short_schedules_and_old_specs_keep_their_hash():
+    assert recipe_for("mart", get_scale("quick")).eps_warmup == 0.3
+    assert recipe_for("mart", get_scale("paper")).eps_warmup == 0.0  # the paper's MART, unchanged
+    assert recipe_for("pgd_at", get_scale("quick")).eps_warmup == 0.0
+    assert "eps_warmup" not in classifier_spec("shapes10", "pgd_at", get_scale("quick"), 0)["recipe"]
+    assert classifier_spec("shapes10", "mart", get_scale("quick"), 0)["recipe"]["eps_warmup"] == 0.3
+
+
 # --- the zoo -----------------------------------------------------------------------------------------
 
 @pytest.fixture
