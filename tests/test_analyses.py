@@ -101,3 +101,20 @@ def test_perturbation_fit_errors():
         perturbation_fit(torch.zeros(10), torch.ones(10))
     with pytest.raises(ValueError, match="same number"):
         perturbation_fit(torch.ones(10), torch.ones(9))
+
+
+def test_class_separation_scores_separated_classes_above_mixed_ones():
+    from lib.analyses import class_separation
+
+    gen = torch.Generator().manual_seed(0)
+    labels = torch.arange(4).repeat_interleave(30)
+    centres = torch.randn(4, 16, generator=gen) * 10
+    separated = centres[labels] + torch.randn(120, 16, generator=gen)
+    mixed = torch.randn(120, 16, generator=gen)
+    good = class_separation(separated, labels, seed=0)
+    bad = class_separation(mixed, labels, seed=0)
+    assert good["embedding"].shape == (120, 2)
+    assert good["silhouette"] > 0.5 and abs(bad["silhouette"]) < 0.1
+    assert good["silhouette_2d"] > bad["silhouette_2d"]
+    with pytest.raises(ValueError, match="differ in length"):
+        class_separation(separated, labels[:10])

@@ -282,6 +282,35 @@ def test_get_dir_trains_once_then_loads(tmp_path):
         dir_.get_dir("shapes10", "smoke", 0, target=target, target_record=record, mask_ratio=1.2, cache=cache)
 
 
+def test_dir_loss_at_alpha_zero_skips_the_game():
+    target, _ = tiny_target()
+    d = small_denoiser().eval()
+    _, x_adv, y = fixed_batch(4)
+    g = gen(0)
+    state = g.get_state()
+    terms = dir_.dir_loss(d.reseed(0), target, x_adv, y, alpha=0.0, generator=g)
+    assert terms["rep"].item() == 0.0
+    assert torch.equal(g.get_state(), state)  # no δ was drawn
+
+
+def test_adversarially_trained_baseline_changes_a_copy_and_is_cached(tmp_path):
+    target, record = tiny_target()
+    torch.manual_seed(0)
+    base = torch.nn.Sequential(torch.nn.Conv2d(3, 3, 3, padding=1), torch.nn.Sigmoid())
+    before = {k: v.clone() for k, v in base.state_dict().items()}
+    cache = ModelCache(tmp_path)
+    tuned, r1 = dir_.get_adversarially_trained("toy", base, {"hash": "b"}, "shapes10", "smoke", 0, target=target,
+                                               target_record=record, device="cpu", cache=cache, progress=False)
+    assert not r1["cached"] and r1["spec"]["base_hash"] == "b" and r1["spec"]["target"] == "t"
+    assert r1["metrics"]["epoch_rep_losses"] == [0.0]  # α = 0: adversarial training alone
+    for k, v in base.state_dict().items():  # the baseline itself is untouched ...
+        assert torch.equal(v, before[k])
+    assert not torch.equal(tuned[0].weight.cpu(), before["0.weight"])  # ... its copy is trained
+    again, r2 = dir_.get_adversarially_trained("toy", base, {"hash": "b"}, "shapes10", "smoke", 0, target=target,
+                                               target_record=record, device="cpu", cache=cache, progress=False)
+    assert r2["cached"] and torch.equal(again[0].weight, tuned[0].weight)
+
+
 # --------------------------------------------------------------------------- Appendix A and the Eq. 8 attack
 
 def test_discard_noise_keeps_the_rest_of_the_noise():
