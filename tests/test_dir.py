@@ -1,5 +1,7 @@
 """Tests for lib.dir: complementary masks, the MAE-style DIR denoiser, its losses, training, the cached
 `get_dir`, the Appendix A discard helpers and the mask-aware attack."""
+import dataclasses
+
 import pytest
 import torch
 
@@ -349,3 +351,23 @@ def test_mask_aware_attack_uses_the_known_masks():
     ce = torch.nn.functional.cross_entropy
     with torch.no_grad():
         assert ce(target(d.restore(x_adv, masks)), y) > ce(target(d.restore(x, masks)), y)
+
+
+def test_optimizer_follows_the_settings():
+    d = small_denoiser()
+    paper, quick = dir_.dir_settings("paper"), dir_.dir_settings("quick")
+    sgd = dir_._optimizer(d, paper, paper.lr)
+    assert isinstance(sgd, torch.optim.SGD) and sgd.defaults["momentum"] == 0.9  # Section 4.1
+    adamw = dir_._optimizer(d, quick, quick.lr)
+    assert isinstance(adamw, torch.optim.AdamW) and adamw.defaults["betas"] == (0.9, 0.95)
+    with pytest.raises(ValueError, match="Unknown optimizer 'adam'"):
+        dir_._optimizer(d, dataclasses.replace(quick, optimizer="adam"), 1e-3)
+
+
+def test_restored_image_is_clamped_in_training_too():
+    d = small_denoiser().train()
+    with torch.no_grad():
+        d.head.bias.fill_(5.0)  # every reconstruction far above 1
+    x = torch.rand(2, 3, 32, 32)
+    out = d(x)
+    assert out.max() <= 1 and out.min() >= 0
