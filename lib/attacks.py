@@ -21,6 +21,8 @@ What we configure or wrap around torchattacks 3.5.1, and why:
   (Naseer et al. 2020) and RDP, which pushes a fixed feature network's features of x' away from those of x.
   Built by name it distorts the given model's outputs; `feature_distortion(feature_net, x, ...)` is the
   direct call for training purifiers (see `FeatureDistortion`).
+- `vnifgsm`, `sinifgsm`: torchattacks evaluates the model at points outside [0, 1] (VNI's random neighbours,
+  the Nesterov look-ahead); ours clamp those points (`InRange`), so a purifier that checks its input works.
 - APGD reseeds torch's *global* RNG on every call. `run_attack` runs each attack inside
   `torch.random.fork_rng`, seeded from the row's seed, so the caller's RNG state is restored afterwards;
   random defenses draw from their own generators (lib.purifiers) and are unaffected either way.
@@ -131,6 +133,22 @@ def _autoattack(model, eps, n_classes, seed, checks, version):
     return SequentialWorstCase(model, parts, checks=checks)
 
 
+class InRange(nn.Module):
+    """model(x) evaluated at x clamped to [0, 1], with the gradient passed straight through the clamp.
+
+    VNI-FGSM's neighbours (x′ + U(−1.5ε, 1.5ε)) and the Nesterov look-ahead of VNI-/SINI-FGSM are fed to the
+    model unclamped in torchattacks; a purifier (rightly) refuses images outside [0, 1]. The attack's own
+    iterates stay in range; only these auxiliary gradient points are projected.
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model(x + (x.clamp(0, 1) - x).detach())
+
+
 class ProjectLinf(Attack):
     """Project another attack's output onto the L∞ ball of radius eps around the input."""
 
@@ -156,8 +174,8 @@ _BUILDERS: dict[str, Callable[..., Attack]] = {
     "difgsm": lambda m, e, n, a, c, s, k: torchattacks.DIFGSM(m, eps=e, alpha=a, steps=n, decay=0.0),
     "mdfgsm": lambda m, e, n, a, c, s, k: torchattacks.DIFGSM(m, eps=e, alpha=a, steps=n, decay=1.0),  # DI + MI
     "tifgsm": lambda m, e, n, a, c, s, k: torchattacks.TIFGSM(m, eps=e, alpha=a, steps=n, decay=0.0),
-    "vnifgsm": lambda m, e, n, a, c, s, k: torchattacks.VNIFGSM(m, eps=e, alpha=a, steps=n),
-    "sinifgsm": lambda m, e, n, a, c, s, k: torchattacks.SINIFGSM(m, eps=e, alpha=a, steps=n),
+    "vnifgsm": lambda m, e, n, a, c, s, k: torchattacks.VNIFGSM(InRange(m), eps=e, alpha=a, steps=n),
+    "sinifgsm": lambda m, e, n, a, c, s, k: torchattacks.SINIFGSM(InRange(m), eps=e, alpha=a, steps=n),
     "apgd_ce": lambda m, e, n, a, c, s, k: torchattacks.APGD(m, eps=e, steps=n, loss="ce", seed=s),
     "apgd_dlr": lambda m, e, n, a, c, s, k: torchattacks.APGD(m, eps=e, steps=n, loss="dlr", seed=s),
     "autoattack": lambda m, e, n, a, c, s, k: _autoattack(m, e, c, s, k, "standard"),

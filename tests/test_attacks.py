@@ -33,6 +33,25 @@ def test_each_attack_changes_predictions(shapes_model, name):
     assert changed > (0.1 if name in ("cw", "deepfool") else 0.2), f"{name} changed only {changed:.0%}"
 
 
+class _RangeChecked(torch.nn.Module):
+    """A classifier that, like every purifier, refuses inputs outside [0, 1]."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        assert x.min() >= 0 and x.max() <= 1, "attack fed an out-of-range image to the model"
+        return self.model(x)
+
+
+@pytest.mark.parametrize("name", [a for a in ATTACKS if not a.startswith("autoattack")])
+def test_every_attack_feeds_the_model_images_in_range(shapes_model, name):
+    model, x, y = shapes_model
+    attack = build_attack(name, _RangeChecked(model), eps=16 / 255 if name != "pgd_l2" else 1.0, steps=2, seed=0)
+    run_attack(attack, x[:4], y[:4], seed=0)
+
+
 def test_autoattack_uses_official_iterations(shapes_model):
     model, _, _ = shapes_model
     aa = build_attack("autoattack", model, eps=8 / 255, n_classes=10)
