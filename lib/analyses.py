@@ -17,6 +17,8 @@ Keep each analysis a plain function of tensors so that it can be tested on a cas
 """
 from __future__ import annotations
 
+import warnings
+
 from typing import Sequence
 
 import numpy as np
@@ -133,6 +135,8 @@ def class_separation(features: torch.Tensor | np.ndarray, labels: torch.Tensor |
     if len(np.unique(labs)) < 2 or len(feats) <= len(np.unique(labs)):
         raise ValueError("class_separation needs at least two classes and more points than classes.")
     neighbors = min(n_neighbors, len(feats) - 1)
-    embedding = umap.UMAP(n_neighbors=neighbors, random_state=seed).fit_transform(feats)
+    with warnings.catch_warnings():  # "n_jobs overridden by setting random_state": seeding is the point here
+        warnings.filterwarnings("ignore", message="n_jobs value", category=UserWarning)
+        embedding = umap.UMAP(n_neighbors=neighbors, random_state=seed).fit_transform(feats)
     return {"embedding": embedding, "silhouette": float(silhouette_score(feats, labs)),
             "silhouette_2d": float(silhouette_score(embedding, labs))}
