@@ -306,6 +306,12 @@ class DIRDenoiser(Purifier):
         images = self.unpatchify(self.head(self.decoder_norm(full)) + 0.5)
         return images.view(n, k, *x.shape[1:])
 
+    def mask_pixels(self, masks: torch.Tensor) -> torch.Tensor:
+        """Patch masks (N, K, L) bool -> pixel masks (N, K, 1, H, W) float, 1 where visible (x × m_k)."""
+        n, k = masks.shape[:2]
+        grid = masks.view(n, k, 1, self.grid, self.grid).float()
+        return grid.repeat_interleave(self.patch_size, 3).repeat_interleave(self.patch_size, 4)
+
     def restore(self, x: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         """x̃ = mean of the K reconstructions (Eq. 5), clamped to [0, 1]."""
         return self.reconstruct(x, masks).mean(1).clamp(0, 1)

@@ -36,6 +36,11 @@ def result_row(*, defense: str, classifier: str, dataset: str, threat_model: str
     return row
 
 
+def accuracy_with_interval(row) -> str:
+    """'54.0% [44.3, 63.4]': a row's accuracy and its 95% Wilson interval in percent (dict or DataFrame row)."""
+    return f"{100 * row['accuracy']:.1f}% [{100 * row['ci_low']:.1f}, {100 * row['ci_high']:.1f}]"
+
+
 def rows_frame(rows: list[dict]) -> pd.DataFrame:
     """Rows as a DataFrame with the standard columns first."""
     frame = pd.DataFrame(rows)

@@ -83,13 +83,13 @@ def _inner_attack(model: nn.Module, recipe: Recipe):
     return None
 
 
-def _ramp_attack(attack, recipe: Recipe, progress: float) -> None:
-    """Scale the inner attack's ε and step size by the warm-up ramp at `progress` (fraction of steps done)."""
-    if attack is None or recipe.eps_warmup == 0:
+def _ramp_attack(attack, full_budget: tuple[float, float], warmup: float, progress: float) -> None:
+    """Set the inner attack's ε and step size to `full_budget` (ε, step) scaled by the warm-up ramp at
+    `progress` (fraction of steps done); no-op without an attack or warm-up."""
+    if attack is None or warmup == 0:
         return
-    factor = min(progress / recipe.eps_warmup, 1.0)
-    attack.eps = recipe.eps * factor
-    attack.alpha = (1.25 * recipe.eps if recipe.name == "fast_at" else recipe.step_size) * factor
+    factor = min(progress / warmup, 1.0)
+    attack.eps, attack.alpha = (value * factor for value in full_budget)
 
 
 def _batch_loss(model: nn.Module, recipe: Recipe, attack, x: torch.Tensor, y: torch.Tensor):
@@ -141,6 +141,7 @@ def train_classifier(model: nn.Module, train: ImageData, test: ImageData, recipe
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=recipe.lr, total_steps=recipe.epochs * steps_per_epoch,
                                                 pct_start=0.15, anneal_strategy="linear")
     attack = _inner_attack(model, recipe)
+    full_budget = (attack.eps, attack.alpha) if attack is not None else None  # what the warm-up ramps up to
     gen = torch.Generator().manual_seed(seed)
     start, seen, step = time.perf_counter(), 0, 0
     total_steps = recipe.epochs * steps_per_epoch
@@ -151,7 +152,7 @@ def train_classifier(model: nn.Module, train: ImageData, test: ImageData, recipe
                                     device=device, drop_last=len(train) >= recipe.batch_size):
             if recipe.augment:
                 x = augment_flip_crop(x, gen)
-            _ramp_attack(attack, recipe, step / total_steps)
+            _ramp_attack(attack, full_budget, recipe.eps_warmup, step / total_steps)
             loss, logits = _batch_loss(model, recipe, attack, x, y)
             opt.zero_grad(set_to_none=True)
             loss.backward()

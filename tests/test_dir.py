@@ -371,3 +371,15 @@ def test_restored_image_is_clamped_in_training_too():
     x = torch.rand(2, 3, 32, 32)
     out = d(x)
     assert out.max() <= 1 and out.min() >= 0
+
+
+def test_mask_pixels_expands_each_visible_patch_to_its_pixels():
+    d = small_denoiser()
+    x = torch.rand(2, 3, 32, 32)
+    masks = d.draw_masks(x)
+    pixels = d.mask_pixels(masks)
+    assert pixels.shape == (2, d.k, 1, 32, 32)
+    p = d.patch_size
+    # the patch grid read back from the pixel mask (one pixel per patch) is the patch mask
+    assert torch.equal(pixels[:, :, 0, ::p, ::p].flatten(2).bool(), masks)
+    assert torch.equal(pixels.sum(1), torch.ones(2, 1, 32, 32))  # K = 2 at 50%: every pixel in exactly one mask

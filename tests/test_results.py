@@ -4,7 +4,7 @@ import math
 import pandas as pd
 import pytest
 
-from lib.results import COLUMNS, result_row, rows_frame, wilson_interval, write_csv_atomic
+from lib.results import COLUMNS, accuracy_with_interval, result_row, rows_frame, wilson_interval, write_csv_atomic
 
 
 def _row(**overrides) -> dict:
@@ -96,3 +96,12 @@ def test_write_csv_atomic_failure_keeps_old_file(tmp_path, monkeypatch):
         write_csv_atomic(rows_frame([_row(seed=3)]), path)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["rows.csv"]
+
+
+def test_accuracy_with_interval_reads_dicts_and_frame_rows():
+    row = result_row(defense="d", classifier="c", dataset="s", threat_model="white-box", attack="pgd", eps=8 / 255,
+                     steps=20, step_size=2 / 255, correct=27, n=50, seed=0, seconds=1.0)
+    low, high = wilson_interval(27, 50)
+    text = accuracy_with_interval(row)
+    assert text == f"54.0% [{100 * low:.1f}, {100 * high:.1f}]"
+    assert accuracy_with_interval(rows_frame([row]).iloc[0]) == text

@@ -113,11 +113,12 @@ def test_eps_warmup_ramps_the_inner_attack_and_is_validated():
 
     recipe = Recipe(name="mart", eps_warmup=0.5, step_size=4 / 255)
     attack = _inner_attack(build_classifier("resnet_small", "shapes10", width=4), recipe)
-    _ramp_attack(attack, recipe, 0.0)
+    full = (attack.eps, attack.alpha)
+    _ramp_attack(attack, full, recipe.eps_warmup, 0.0)
     assert attack.eps == 0 and attack.alpha == 0
-    _ramp_attack(attack, recipe, 0.25)
+    _ramp_attack(attack, full, recipe.eps_warmup, 0.25)
     assert attack.eps == pytest.approx(4 / 255) and attack.alpha == pytest.approx(2 / 255)
-    _ramp_attack(attack, recipe, 0.9)
+    _ramp_attack(attack, full, recipe.eps_warmup, 0.9)
     assert attack.eps == pytest.approx(8 / 255) and attack.alpha == pytest.approx(4 / 255)
     with pytest.raises(ValueError, match="eps_warmup"):
         Recipe(name="mart", eps_warmup=1.0)
