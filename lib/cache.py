@@ -20,6 +20,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from lib.provenance import provenance
+
 FORMAT = 1
 
 
@@ -117,6 +119,8 @@ class ModelCache:
             record = {"cached": True, "load_seconds": time.perf_counter() - start}
         else:
             metrics = train(model)
+            # where and when it was trained: cached times (seconds per epoch) mean little without the machine
+            metrics.setdefault("trained_on", provenance(device))
             self.save(spec, model, metrics)
             record = {"cached": False}
         record.update(metrics=metrics, path=str(path), hash=spec_hash(spec))

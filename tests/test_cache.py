@@ -67,7 +67,9 @@ def test_load_or_train_trains_once_then_loads(tmp_path):
     cache, train = ModelCache(tmp_path), Trainer()
     first, rec1 = cache.load_or_train(SPEC, build, train)
     assert train.calls == 1 and rec1["cached"] is False
+    trained_on = rec1["metrics"].pop("trained_on")  # the machine a cached time was measured on
     assert rec1["metrics"] == {"train_accuracy": 0.5, "test_accuracy": 0.25}
+    assert trained_on["hardware"] and trained_on["torch"] == torch.__version__ and trained_on["time"]
     assert rec1["path"] == str(cache.path(SPEC)) and rec1["hash"] == spec_hash(SPEC)
     assert not first.training
 
@@ -75,7 +77,8 @@ def test_load_or_train_trains_once_then_loads(tmp_path):
     second, rec2 = cache.load_or_train(SPEC, build, train)
     elapsed = time.perf_counter() - start
     assert train.calls == 1, "a cached model was retrained"
-    assert rec2["cached"] is True and rec2["metrics"] == rec1["metrics"]
+    assert rec2["cached"] is True and rec2["metrics"].pop("trained_on") == trained_on
+    assert rec2["metrics"] == rec1["metrics"]
     assert not second.training
     assert elapsed < 1.0 and rec2["load_seconds"] < 1.0
     for (k1, v1), (k2, v2) in zip(first.state_dict().items(), second.state_dict().items()):
