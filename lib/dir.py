@@ -73,6 +73,10 @@ Our choices where the paper is silent, and deviations (with why):
   epochs instead of 3 (same data, about 2.7× the training time) lift clean accuracy from 92% to 99% and
   single-draw / EOT-2 PGD-10 from 43% / 43% to 56% / 55%; the target alone has 94% and 60%. Quick keeps 3 epochs
   so the ablation notebook's ten variants stay affordable on 2 CPU cores: its DIR is an undertrained one.
+- Quick DIR training is fragile even against the PGD-AT target: in the ablation notebook five of ten variants
+  (α = 5, 70% masks, no pre-training, depths 2+1 and 4+2) collapse in the first epoch (L_adv → log 10,
+  L_rep → 0), while α = 0 and α = 1 never do. A constant output is the global minimum of L_rep, and early in
+  training it is also a cheap way down for L_adv; ramping α up from 0 is the next thing to try (not done yet).
 """
 from __future__ import annotations
 
