@@ -50,6 +50,17 @@ def _replace_dir(staged: Path, final: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def compact_streams(path: Path) -> None:
+    """Merge each cell's consecutive stdout/stderr outputs and keep only what a terminal would show of
+    carriage-return redraws, so a progress bar is kept as its last state, not as thousands of updates."""
+    import nbformat
+    from nbconvert.preprocessors import CoalesceStreamsPreprocessor
+
+    nb = nbformat.read(path, as_version=4)
+    CoalesceStreamsPreprocessor().preprocess(nb, {})
+    nbformat.write(nb, path)
+
+
 def run_notebook(name: str, scale: str, parameters: dict, kernel: str | None = None) -> tuple[bool, float, str]:
     """Execute one notebook; returns (succeeded, seconds, error message)."""
     import papermill as pm
@@ -83,6 +94,8 @@ def run_notebook(name: str, scale: str, parameters: dict, kernel: str | None = N
             else:
                 os.environ[k] = v
     seconds = time.perf_counter() - start
+    if staged_nb.exists():
+        compact_streams(staged_nb)
 
     if ok:
         runs.mkdir(parents=True, exist_ok=True)

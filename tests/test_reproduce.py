@@ -23,6 +23,12 @@ figures.mkdir(parents=True, exist_ok=True)
 (figures / "marker.txt").write_text(str(value))
 if value == 13:
     raise ValueError("bad value")
+import sys, time
+for i in range(30):  # a progress bar redrawn with carriage returns, flushed as separate outputs
+    sys.stderr.write(f"\\rprogress {i:02d}")
+    sys.stderr.flush()
+    time.sleep(0.01)
+sys.stderr.write("\\n")
 print("done", value)
 """
 
@@ -64,6 +70,9 @@ def test_success_then_failure_keeps_last_good_outputs(repo, capsys):
     assert executed.exists() and csv.read_text() == "scale,value\nsmoke,1\n" and marker.read_text() == "1"
     out = nbformat.read(executed, as_version=4)
     assert any("done 1" in o.get("text", "") for c in out.cells if c.cell_type == "code" for o in c.outputs)
+    # the kept notebook holds the progress bar's last state once, not every redraw
+    stderr = [o for c in out.cells if c.cell_type == "code" for o in c.outputs if o.get("name") == "stderr"]
+    assert "".join(o.text for o in stderr).strip() == "progress 29"
     assert not (runs / "failed").exists() or not any((runs / "failed").iterdir())
     assert not (runs / ".staging" / "tiny").exists()
     assert "PURIFY_RESULTS_DIR" not in os.environ  # the driver restores the environment
