@@ -41,6 +41,34 @@ def accuracy_with_interval(row) -> str:
     return f"{100 * row['accuracy']:.1f}% [{100 * row['ci_low']:.1f}, {100 * row['ci_high']:.1f}]"
 
 
+def intervals_apart(a, b) -> bool:
+    """Whether two rows' 95% Wilson intervals do not overlap: a difference beyond sampling noise."""
+    return a["ci_low"] > b["ci_high"] or b["ci_low"] > a["ci_high"]
+
+
+def is_collapsed(natural_accuracy: float, n_classes: int) -> bool:
+    """A defense whose natural accuracy is below twice chance has collapsed (e.g. its denoiser outputs a
+    near-constant image): its accuracy under attack is then the luck of its one answer, not robustness."""
+    return natural_accuracy < 2 / n_classes
+
+
+def claim_line(claim: str, paper: str, a, b, *, checked: bool = True, collapsed=()) -> dict:
+    """One line of a notebook's claims table: does row a beat row b, and are their intervals apart?
+
+    checked=False (smoke scale, where the numbers mean nothing) and a non-empty `collapsed` (the names of the
+    collapsed models among the two) give no verdict.
+    """
+    line = {"claim": claim, "paper": paper, "ours (first)": accuracy_with_interval(a),
+            "ours (second)": accuracy_with_interval(b),
+            "holds here": "yes" if a["accuracy"] > b["accuracy"] else "no",
+            "intervals apart": "yes" if intervals_apart(a, b) else "no"}
+    if not checked:
+        line.update({"holds here": "not checked at smoke", "intervals apart": "-"})
+    elif collapsed:
+        line.update({"holds here": f"no verdict: {' and '.join(collapsed)} collapsed", "intervals apart": "-"})
+    return line
+
+
 def rows_frame(rows: list[dict]) -> pd.DataFrame:
     """Rows as a DataFrame with the standard columns first."""
     frame = pd.DataFrame(rows)

@@ -4,7 +4,8 @@ import math
 import pandas as pd
 import pytest
 
-from lib.results import COLUMNS, accuracy_with_interval, result_row, rows_frame, wilson_interval, write_csv_atomic
+from lib.results import (COLUMNS, accuracy_with_interval, claim_line, intervals_apart, is_collapsed, result_row,
+                         rows_frame, wilson_interval, write_csv_atomic)
 
 
 def _row(**overrides) -> dict:
@@ -105,3 +106,32 @@ def test_accuracy_with_interval_reads_dicts_and_frame_rows():
     text = accuracy_with_interval(row)
     assert text == f"54.0% [{100 * low:.1f}, {100 * high:.1f}]"
     assert accuracy_with_interval(rows_frame([row]).iloc[0]) == text
+
+
+def _scored(correct, n=100):
+    return result_row(defense="d", classifier="c", dataset="s", threat_model="white-box", attack="pgd", eps=8 / 255,
+                      steps=20, step_size=2 / 255, correct=correct, n=n, seed=0, seconds=1.0)
+
+
+def test_intervals_apart_only_when_the_wilson_intervals_do_not_overlap():
+    assert intervals_apart(_scored(80), _scored(50)) and intervals_apart(_scored(50), _scored(80))
+    assert not intervals_apart(_scored(55), _scored(50))  # 5 points on 100 images is within noise
+
+
+def test_is_collapsed_below_twice_chance():
+    assert is_collapsed(0.13, 10) and not is_collapsed(0.20, 10) and not is_collapsed(0.86, 10)
+    assert is_collapsed(0.45, 4) and not is_collapsed(0.55, 4)  # with 4 classes twice chance is 50%
+
+
+def test_claim_line_verdicts():
+    strong, weak = _scored(80), _scored(50)
+    line = claim_line("a above b", "60 vs 40", strong, weak)
+    assert line["holds here"] == "yes" and line["intervals apart"] == "yes"
+    assert line["ours (first)"] == accuracy_with_interval(strong)
+    assert claim_line("b above a", "-", weak, strong)["holds here"] == "no"
+    close = claim_line("a above b", "-", _scored(52), _scored(50))
+    assert close["holds here"] == "yes" and close["intervals apart"] == "no"
+    smoke = claim_line("a above b", "-", strong, weak, checked=False)
+    assert smoke["holds here"] == "not checked at smoke" and smoke["intervals apart"] == "-"
+    broken = claim_line("a above b", "-", strong, weak, collapsed=["DIR"])
+    assert broken["holds here"] == "no verdict: DIR collapsed" and broken["intervals apart"] == "-"
