@@ -27,10 +27,10 @@ test-quick: install  ## the quick-scale trend checks (minutes)
 	PURIFY_QUICK_TESTS=1 $(PY) -m pytest -m quick tests
 
 reproduce: install  ## every notebook at quick scale (SCALE=paper on a GPU)
-	$(PY) -m lib.reproduce --scale $(SCALE)
+	$(PY) -m lib.run.reproduce --scale $(SCALE)
 
 smoke: install
-	$(PY) -m lib.reproduce --scale smoke
+	$(PY) -m lib.run.reproduce --scale smoke
 
 lab: install  ## JupyterLab on the notebooks, with this environment as the kernel
 	$(PY) -m ipykernel install --sys-prefix --name purification-lab --display-name "purification-lab (.venv)" > /dev/null

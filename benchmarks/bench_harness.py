@@ -4,7 +4,7 @@
 
 Measures, on the quick-scale classifier architecture (random weights: speed does not depend on them):
 - PGD-20 images/second called directly through torchattacks-style `run_attack`, and through
-  `lib.evaluation.evaluate` (the harness: threat model, scoring, result row); the overhead must stay < 10%;
+  `lib.eval.evaluation.evaluate` (the harness: threat model, scoring, result row); the overhead must stay < 10%;
 - training images/second for the natural and the PGD-AT recipes (one short epoch each);
 - with CUDA: the same in bf16 autocast and channels-last.
 Results go to benchmarks/results/harness_<device>.json.
@@ -18,13 +18,13 @@ from pathlib import Path
 
 import torch
 
-from lib.attacks import build_attack, run_attack
-from lib.classifiers import build_classifier
-from lib.data import load_dataset
-from lib.evaluation import evaluate
-from lib.provenance import provenance
-from lib.settings import get_scale, resolve_device, seed_everything
-from lib.training import recipe_for, train_classifier
+from lib.attacks.registry import build_attack, run_attack
+from lib.models.classifiers import build_classifier
+from lib.core.data import load_dataset
+from lib.eval.evaluation import evaluate
+from lib.core.provenance import provenance
+from lib.core.settings import get_scale, resolve_device, seed_everything
+from lib.models.recipes import recipe_for, train_classifier
 
 
 def _timed(fn, repeats: int = 3) -> float:

@@ -1,4 +1,4 @@
-"""Throughput of the fixed input transformations (lib.transforms), in images per second.
+"""Throughput of the fixed input transformations (lib.defenses.transforms), in images per second.
 
     python benchmarks/bench_transforms.py [--device auto|cpu|cuda] [--only jpeg,tvm] [--budget 2.0] [--threads N]
 
@@ -26,14 +26,14 @@ if str(ROOT) not in sys.path:
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from lib.settings import resolve_device  # noqa: E402
-from lib.transforms import TRANSFORMS, build_transform  # noqa: E402
+from lib.core.settings import resolve_device  # noqa: E402
+from lib.defenses.transforms import TRANSFORMS, build_transform  # noqa: E402
 
 SETTINGS = [(32, 256), (224, 16)]  # (image size, batch size)
 
 
 def images_32(batch: int) -> torch.Tensor:
-    from lib.data import load_dataset
+    from lib.core.data import load_dataset
 
     return load_dataset("shapes10", "test").subset(batch).tensors()[0]
 
@@ -118,7 +118,7 @@ def main(argv=None) -> dict:
                   f"{row['images_per_second']:10.1f}", flush=True)
     total = time.perf_counter() - started
     report = {
-        "benchmark": "lib.transforms throughput (images/second, median over repetitions after a warm-up)",
+        "benchmark": "lib.defenses.transforms throughput (images/second, median over repetitions after a warm-up)",
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
         or platform.machine(),

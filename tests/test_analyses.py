@@ -1,11 +1,12 @@
-"""Tests for lib.analyses: hooked layer outputs, HGD's layerwise error amplification (Eq. 6), Fig. 7 fit."""
+"""Tests for lib.eval.analyses: hooked layer outputs, HGD's layerwise error amplification (Eq. 6), Fig. 7 fit."""
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from lib.analyses import error_amplification, layer_outputs, perturbation_fit, relative_distance
-from lib.classifiers import build_classifier
+from lib.eval.analyses import error_amplification, perturbation_fit, relative_distance
+from lib.models.layers import layer_outputs
+from lib.models.classifiers import build_classifier
 
 
 def scaled_identity(factor: float, dim: int = 2) -> nn.Linear:
@@ -104,7 +105,7 @@ def test_perturbation_fit_errors():
 
 
 def test_class_separation_scores_separated_classes_above_mixed_ones():
-    from lib.analyses import class_separation
+    from lib.eval.analyses import class_separation
 
     gen = torch.Generator().manual_seed(0)
     labels = torch.arange(4).repeat_interleave(30)

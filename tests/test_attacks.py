@@ -3,12 +3,12 @@ import pandas as pd
 import pytest
 import torch
 
-from lib.attacks import ATTACKS, build_attack, run_attack
-from lib.evaluation import clean_row, evaluate
-from lib.purifiers import Identity, Purifier
-from lib.results import COLUMNS
-from lib.sanity import MaskedGradientQuantizer, all_passed, sanity_checks
-from lib.threat_models import BPDA, EOT, attacked_model
+from lib.attacks.registry import ATTACKS, build_attack, run_attack
+from lib.eval.evaluation import clean_row, evaluate
+from lib.core.purifiers import Identity, Purifier
+from lib.core.results import COLUMNS
+from lib.eval.sanity import MaskedGradientQuantizer, all_passed, sanity_checks
+from lib.attacks.threat_models import BPDA, EOT, attacked_model
 
 
 def test_classifier_is_accurate(shapes_model):

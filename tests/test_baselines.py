@@ -4,13 +4,17 @@ import dataclasses
 import pytest
 import torch
 
-from lib import ape_gan, comdefend, jatp, menet, nrp
-from lib.baselines import BASELINES, baseline_settings, get_baseline
-from lib.cache import ModelCache
-from lib.classifiers import build_classifier
-from lib.data import load_dataset
-from lib.evaluation import clean_row
-from lib.purifiers import is_differentiable, is_randomized
+from lib.defenses import ape_gan
+from lib.defenses import comdefend
+from lib.defenses import jatp
+from lib.defenses import menet
+from lib.defenses import nrp
+from lib.defenses.baselines import BASELINES, baseline_settings, get_baseline
+from lib.core.cache import ModelCache
+from lib.models.classifiers import build_classifier
+from lib.core.data import load_dataset
+from lib.eval.evaluation import clean_row
+from lib.core.purifiers import is_differentiable, is_randomized
 
 
 def tiny_target(dataset: str = "shapes10"):
@@ -106,7 +110,7 @@ def test_nrp_steps_lower_the_feature_loss_on_fixed_ssp_examples(shapes_model):
                              settings, 3, "cpu")
     x_ssp = trainer.ssp(x)
     assert (x_ssp - x).abs().max() <= settings.eps + 1e-6
-    losses = repeat_steps(lambda: trainer.step(x, x_ssp))
+    losses = repeat_steps(lambda: trainer.update(x, x_ssp))
     assert losses[-1]["loss"] < 0.8 * losses[0]["loss"]
 
 
@@ -118,7 +122,7 @@ def test_jatp_steps_lower_the_loss_and_attack_the_full_system(shapes_model):
     trainer = jatp.JATPTrainer(smoke_purifier("jatp"), classifier, settings, "cpu")
     x_fa = trainer.full_adversarial(x)
     assert (x_fa - x).abs().max() <= settings.eps + 1e-6 and (x_fa != x).any()
-    losses = repeat_steps(lambda: trainer.step(x, x_fa))
+    losses = repeat_steps(lambda: trainer.update(x, x_fa))
     assert losses[-1]["loss"] < 0.8 * losses[0]["loss"]
     assert all(p.grad is None for p in classifier.parameters())  # the target stays fixed
 
@@ -128,7 +132,7 @@ def test_comdefend_steps_lower_the_loss_with_fixed_noise():
     settings = dataclasses.replace(comdefend.SETTINGS["smoke"], lr=5e-3)
     trainer = comdefend.ComDefendTrainer(smoke_purifier("comdefend"), settings, "cpu")
     noise = torch.randn(len(x), settings.code_channels, 32, 32, generator=torch.Generator().manual_seed(1))
-    losses = repeat_steps(lambda: trainer.step(x, noise), 40)
+    losses = repeat_steps(lambda: trainer.update(x, noise), 40)
     assert losses[-1]["loss"] < 0.8 * losses[0]["loss"]
 
 

@@ -1,4 +1,4 @@
-"""The model cache (lib.cache): stable spec hashes, load-or-train, atomic writes, loud failures."""
+"""The model cache (lib.core.cache): stable spec hashes, load-or-train, atomic writes, loud failures."""
 import os
 import shutil
 import time
@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from lib.cache import CheckpointError, ModelCache, spec_hash
+from lib.core.cache import CheckpointError, ModelCache, spec_hash
 
 SPEC = {"kind": "classifier", "arch": "linear", "width": 4, "dataset": "toy", "seed": 0,
         "recipe": {"name": "natural", "epochs": 1, "lr": 0.1}}

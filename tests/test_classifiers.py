@@ -1,13 +1,12 @@
-"""Target classifiers (lib.classifiers): shapes, the normalisation layer, ImageNet models, clear errors."""
+"""Target classifiers (lib.models.classifiers): shapes, the normalisation layer, ImageNet models, clear errors."""
 import urllib.error
 
 import pytest
 import torch
 
-from lib.classifiers import (ARCHITECTURES, IMAGENET_ARCHITECTURES, Normalize, build_classifier, count_parameters,
-                             imagenet_classifier)
-from lib.data import dataset_info
-from lib.settings import seed_everything
+from lib.models.classifiers import ARCHITECTURES, IMAGENET_ARCHITECTURES, Normalize, build_classifier, count_parameters, imagenet_classifier
+from lib.core.data import dataset_info
+from lib.core.settings import seed_everything
 
 CASES = [("resnet18", "shapes10"), ("resnet_small", "shapes10"), ("vgg16", "shapes10"),
          ("resnet18", "digits"), ("resnet_small", "digits")]

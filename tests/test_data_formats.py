@@ -1,4 +1,4 @@
-"""`lib.data` on tiny files written in each real dataset's official on-disk format.
+"""`lib.core.data` on tiny files written in each real dataset's official on-disk format.
 
 Every torchvision-backed dataset is loaded through the real code path, `load_dataset(name, split, root,
 download=False, verify_checksums=...)`, so torchvision's own parsers read the files. The files hold a few
@@ -23,7 +23,8 @@ import pytest
 import torch
 from PIL import Image
 
-from lib import data as D, shapes
+from lib.core import data as D
+from lib.core import shapes
 
 CIFAR10_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 CIFAR100_NAMES = [f"fine_class_{i:02d}" for i in range(100)]  # 100 distinct names; only their order matters

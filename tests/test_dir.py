@@ -1,14 +1,18 @@
-"""Tests for lib.dir: complementary masks, the MAE-style DIR denoiser, its losses, training, the cached
+"""Tests for lib.defenses.dir_denoiser: complementary masks, the MAE-style DIR denoiser, its losses, training, the cached
 `get_dir`, the Appendix A discard helpers and the mask-aware attack."""
 import dataclasses
 
 import pytest
 import torch
 
-from lib import dir as dir_
-from lib.cache import ModelCache
-from lib.classifiers import build_classifier
-from lib.purifiers import is_differentiable, is_randomized
+from lib.defenses import dir_denoiser as dir_
+from lib.core.cache import ModelCache
+from lib.models.classifiers import build_classifier
+from lib.core.purifiers import is_differentiable, is_randomized
+from lib.attacks import adaptive
+from lib.eval import analyses
+from lib.defenses import dir_setup
+from lib.attacks import pgd
 
 SMOKE = dir_.dir_settings("smoke")
 
@@ -164,7 +168,7 @@ def test_bad_inputs_are_clear_errors():
 # --------------------------------------------------------------------------------------------------- losses
 
 def fixed_batch(n: int = 8):
-    from lib.data import load_dataset
+    from lib.core.data import load_dataset
     x, y = load_dataset("shapes10", "test").subset(n, 0).tensors()
     noise = (torch.rand(x.shape, generator=gen(1)) * 2 - 1) * 8 / 255
     return x, (x + noise).clamp(0, 1), y
@@ -249,7 +253,7 @@ def test_dir_loss_combines_the_terms_with_alpha():
 def test_training_pgd_stays_in_the_ball_and_raises_the_loss():
     target, _ = tiny_target()
     x, _, y = fixed_batch()
-    adv = dir_.pgd_linf(target, x, y, 8 / 255, 5, 2 / 255, gen(0))
+    adv = pgd.pgd_linf(target, x, y, eps=8 / 255, steps=5, step_size=2 / 255, generator=gen(0))
     assert (adv - x).abs().max() <= 8 / 255 + 1e-6 and adv.min() >= 0 and adv.max() <= 1
     ce = torch.nn.functional.cross_entropy
     with torch.no_grad():
@@ -262,14 +266,14 @@ def test_get_dir_trains_once_then_loads(tmp_path):
     target, record = tiny_target()
     before = {k: v.clone() for k, v in target.state_dict().items()}
     cache = ModelCache(tmp_path)
-    d1, r1 = dir_.get_dir("shapes10", "smoke", 0, target=target, target_record=record, device="cpu", cache=cache,
+    d1, r1 = dir_setup.get_dir("shapes10", "smoke", 0, target=target, target_record=record, device="cpu", cache=cache,
                           progress=False)
     assert not r1["cached"] and r1["spec"]["target"] == "t" and r1["spec"]["k"] == 2
     assert len(r1["metrics"]["pretrain_epoch_losses"]) == SMOKE.pretrain_epochs
     assert len(r1["metrics"]["epoch_adv_losses"]) == SMOKE.epochs
     for k, v in target.state_dict().items():  # the target is held fixed
         torch.testing.assert_close(v, before[k])
-    d2, r2 = dir_.get_dir("shapes10", "smoke", 0, target=target, target_record=record, device="cpu", cache=cache,
+    d2, r2 = dir_setup.get_dir("shapes10", "smoke", 0, target=target, target_record=record, device="cpu", cache=cache,
                           progress=False)
     assert r2["cached"] and r2["path"] == r1["path"]
     x = torch.rand(3, 3, 32, 32)
@@ -277,11 +281,11 @@ def test_get_dir_trains_once_then_loads(tmp_path):
         torch.testing.assert_close(d1.reseed(4)(x), d2.reseed(4)(x))
     # anything that determines the model changes the spec
     other = dict(record, hash="u")
-    _, r3 = dir_.get_dir("shapes10", "smoke", 0, target=target, target_record=other, mask_ratio=0.7, device="cpu",
+    _, r3 = dir_setup.get_dir("shapes10", "smoke", 0, target=target, target_record=other, mask_ratio=0.7, device="cpu",
                          cache=cache, progress=False)
     assert r3["path"] != r1["path"] and r3["spec"]["k"] == 4
     with pytest.raises(ValueError, match="between 0 and 1"):
-        dir_.get_dir("shapes10", "smoke", 0, target=target, target_record=record, mask_ratio=1.2, cache=cache)
+        dir_setup.get_dir("shapes10", "smoke", 0, target=target, target_record=record, mask_ratio=1.2, cache=cache)
 
 
 def test_dir_loss_at_alpha_zero_skips_the_game():
@@ -301,14 +305,14 @@ def test_adversarially_trained_baseline_changes_a_copy_and_is_cached(tmp_path):
     base = torch.nn.Sequential(torch.nn.Conv2d(3, 3, 3, padding=1), torch.nn.Sigmoid())
     before = {k: v.clone() for k, v in base.state_dict().items()}
     cache = ModelCache(tmp_path)
-    tuned, r1 = dir_.get_adversarially_trained("toy", base, {"hash": "b"}, "shapes10", "smoke", 0, target=target,
+    tuned, r1 = dir_setup.get_adversarially_trained("toy", base, {"hash": "b"}, "shapes10", "smoke", 0, target=target,
                                                target_record=record, device="cpu", cache=cache, progress=False)
     assert not r1["cached"] and r1["spec"]["base_hash"] == "b" and r1["spec"]["target"] == "t"
     assert r1["metrics"]["epoch_rep_losses"] == [0.0]  # α = 0: adversarial training alone
     for k, v in base.state_dict().items():  # the baseline itself is untouched ...
         assert torch.equal(v, before[k])
     assert not torch.equal(tuned[0].weight.cpu(), before["0.weight"])  # ... its copy is trained
-    again, r2 = dir_.get_adversarially_trained("toy", base, {"hash": "b"}, "shapes10", "smoke", 0, target=target,
+    again, r2 = dir_setup.get_adversarially_trained("toy", base, {"hash": "b"}, "shapes10", "smoke", 0, target=target,
                                                target_record=record, device="cpu", cache=cache, progress=False)
     assert r2["cached"] and torch.equal(again[0].weight, tuned[0].weight)
 
@@ -319,7 +323,7 @@ def test_discard_noise_keeps_the_rest_of_the_noise():
     x, x_adv, _ = fixed_batch(4)
     torch.manual_seed(0)
     state = torch.get_rng_state()
-    out = dir_.discard_noise(x, x_adv, 0.25, gen(0))
+    out = analyses.discard_noise(x, x_adv, 0.25, gen(0))
     assert torch.equal(torch.get_rng_state(), state)
     noise, kept = x_adv - x, out - x
     same = (kept - noise).abs().amax(1) < 1e-6  # positions (all channels) where the noise is kept
@@ -327,15 +331,15 @@ def test_discard_noise_keeps_the_rest_of_the_noise():
     assert (same | zero).all()
     discarded = (~same).float().mean((1, 2))  # positions where noise was dropped (noise is nonzero almost surely)
     torch.testing.assert_close(discarded, torch.full((4,), 0.25), atol=0.01, rtol=0)
-    torch.testing.assert_close(dir_.discard_noise(x, x_adv, 0.0, gen(0)), x_adv)
-    torch.testing.assert_close(dir_.discard_noise(x, x_adv, 1.0, gen(0)), x)
+    torch.testing.assert_close(analyses.discard_noise(x, x_adv, 0.0, gen(0)), x_adv)
+    torch.testing.assert_close(analyses.discard_noise(x, x_adv, 1.0, gen(0)), x)
     with pytest.raises(ValueError, match="fraction"):
-        dir_.discard_noise(x, x_adv, 1.5, gen(0))
+        analyses.discard_noise(x, x_adv, 1.5, gen(0))
 
 
 def test_discard_pixels_zeroes_a_fraction_of_positions():
     x = torch.rand(2, 3, 8, 8) * 0.9 + 0.1
-    out = dir_.discard_pixels(x, 0.5, gen(0))
+    out = analyses.discard_pixels(x, 0.5, gen(0))
     zero = (out == 0).all(1)
     assert (zero.sum((1, 2)) == 32).all()
     assert torch.equal(out[~zero.unsqueeze(1).expand_as(x)], x[~zero.unsqueeze(1).expand_as(x)])
@@ -345,7 +349,7 @@ def test_mask_aware_attack_uses_the_known_masks():
     target, _ = tiny_target()
     d = small_denoiser().eval()
     x, _, y = fixed_batch(4)
-    x_adv, masks = dir_.mask_aware_attack(d, target, x, y, eps=8 / 255, steps=3, generator=gen(0))
+    x_adv, masks = adaptive.mask_aware_attack(d, target, x, y, eps=8 / 255, steps=3, generator=gen(0))
     assert (x_adv - x).abs().max() <= 8 / 255 + 1e-6
     assert masks.shape == (4, 2, 64)
     ce = torch.nn.functional.cross_entropy

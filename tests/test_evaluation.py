@@ -2,10 +2,10 @@
 import pytest
 import torch
 
-from lib.evaluation import evaluate, evaluate_oblivious
-from lib.purifiers import Identity
-from lib.sanity import sanity_checks
-from lib.transforms import BitDepthReduction, GaussianNoise
+from lib.eval.evaluation import evaluate, evaluate_oblivious
+from lib.core.purifiers import Identity
+from lib.eval.sanity import sanity_checks
+from lib.defenses.transforms import BitDepthReduction, GaussianNoise
 
 
 def test_oblivious_rows_match_one_evaluation_per_purifier(shapes_model):

@@ -2,8 +2,9 @@
 import pytest
 import torch
 
-from lib.attacks import ATTACKS, build_attack, feature_distortion, run_attack
-from lib.nrp import FeatureExtractor
+from lib.attacks.registry import ATTACKS, build_attack, run_attack
+from lib.attacks.feature_distortion import feature_distortion
+from lib.defenses.nrp import FeatureExtractor
 
 
 def distortion(net, a, b):

@@ -1,13 +1,16 @@
-"""Tests for lib.hgd: the DAE and DUNET denoisers, the four objectives, the Table 1 training-set recipe,
+"""Tests for lib.defenses.hgd: the DAE and DUNET denoisers, the four objectives, the Table 1 training-set recipe,
 training and the cached `get_hgd`."""
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lib import hgd
-from lib.cache import ModelCache
-from lib.classifiers import build_classifier
+from lib.defenses import hgd
+from lib.core.cache import ModelCache
+from lib.models.classifiers import build_classifier
+from lib.attacks import attack_sets
+from lib.defenses import hgd_setup
+from lib.eval import stored_sets
 
 SMOKE = hgd.hgd_settings("smoke")
 
@@ -105,7 +108,7 @@ def test_denoiser_is_a_deterministic_differentiable_purifier():
 # ---------------------------------------------------------------------------------------------- objectives
 
 class TinyConvNet(nn.Module):
-    """A conv stage then a linear classifier, exposing `.layers` like lib.classifiers."""
+    """A conv stage then a linear classifier, exposing `.layers` like lib.models.classifiers."""
 
     def __init__(self):
         super().__init__()
@@ -199,7 +202,7 @@ def test_per_image_eps_with_torchattacks_gives_each_image_its_own_ball(models):
     x = torch.rand(3, 3, 32, 32) * 0.8 + 0.1  # away from 0 and 1, so nothing is clipped
     eps = torch.tensor([1.0, 5.0, 16.0]) / 255
     for steps in (1, 4):
-        x_adv = hgd.fgsm_attack(models["target"], x, eps, steps)
+        x_adv = attack_sets.fgsm_attack(models["target"], x, eps, steps)
         linf = (x_adv - x).abs().flatten(1).max(1).values
         assert torch.all(linf <= eps + 1e-6)
         if steps == 1:  # FGSM moves every pixel by exactly its image's ε
@@ -207,10 +210,10 @@ def test_per_image_eps_with_torchattacks_gives_each_image_its_own_ball(models):
 
 
 def test_training_set_recipe(models):
-    images = hgd.to_uint8(torch.rand(6, 3, 32, 32))
+    images = attack_sets.to_uint8(torch.rand(6, 3, 32, 32))
     labels = torch.arange(6) % 3
-    data = hgd.make_adversarial_set(models, images, labels, hgd.TRAIN_ATTACKS, None, seed=0)
-    assert len(data) == 7 * 6 and data.attack_names == tuple(a.name for a in hgd.TRAIN_ATTACKS)
+    data = attack_sets.make_adversarial_set(models, images, labels, attack_sets.TRAIN_ATTACKS, None, seed=0)
+    assert len(data) == 7 * 6 and data.attack_names == tuple(a.name for a in attack_sets.TRAIN_ATTACKS)
     eps255 = data.eps * 255
     assert torch.all((eps255 >= 1) & (eps255 <= 16)) and torch.allclose(eps255, eps255.round())
     assert len(torch.unique(eps255)) > 5  # one ε per image, not one per set
@@ -220,12 +223,12 @@ def test_training_set_recipe(models):
     assert torch.all(delta > 0)
     torch.testing.assert_close(y, labels[data.source])
     # the ensemble rows attack three models: the sources of Table 1
-    assert [a.models for a in hgd.TRAIN_ATTACKS].count(hgd.ENSEMBLE) == 4
+    assert [a.models for a in attack_sets.TRAIN_ATTACKS].count(attack_sets.ENSEMBLE) == 4
 
 
 def test_test_sets_have_two_attacks_at_eps_4_and_16(models):
-    images = hgd.to_uint8(torch.rand(4, 3, 32, 32))
-    sets = hgd.make_test_sets(models, images, torch.zeros(4, dtype=torch.long))
+    images = attack_sets.to_uint8(torch.rand(4, 3, 32, 32))
+    sets = attack_sets.make_test_sets(models, images, torch.zeros(4, dtype=torch.long))
     assert set(sets) == {"white", "black"}
     for name, data in sets.items():
         assert len(data) == 2 * 2 * 4
@@ -239,17 +242,17 @@ def test_test_sets_have_two_attacks_at_eps_4_and_16(models):
 
 def test_make_adversarial_set_errors(models):
     with pytest.raises(TypeError, match="uint8"):
-        hgd.make_adversarial_set(models, torch.rand(2, 3, 8, 8), torch.zeros(2), hgd.TRAIN_ATTACKS)
+        attack_sets.make_adversarial_set(models, torch.rand(2, 3, 8, 8), torch.zeros(2), attack_sets.TRAIN_ATTACKS)
     with pytest.raises(ValueError, match="source_a"):
-        hgd.make_adversarial_set({"target": models["target"]}, hgd.to_uint8(torch.rand(2, 3, 8, 8)),
-                                 torch.zeros(2), hgd.TRAIN_ATTACKS)
+        attack_sets.make_adversarial_set({"target": models["target"]}, attack_sets.to_uint8(torch.rand(2, 3, 8, 8)),
+                                 torch.zeros(2), attack_sets.TRAIN_ATTACKS)
 
 
 # ---------------------------------------------------------------------------------------------- training
 
 def test_train_denoiser_lowers_the_loss_and_leaves_the_classifier_untouched(models):
-    images = hgd.to_uint8(torch.rand(10, 3, 32, 32))
-    data = hgd.make_adversarial_set(models, images, torch.arange(10) % 10, hgd.TRAIN_ATTACKS[:2], None)
+    images = attack_sets.to_uint8(torch.rand(10, 3, 32, 32))
+    data = attack_sets.make_adversarial_set(models, images, torch.arange(10) % 10, attack_sets.TRAIN_ATTACKS[:2], None)
     settings = hgd.HGDSettings("t", SMOKE.widths, SMOKE.depths, SMOKE.decoder_widths, SMOKE.decoder_depths,
                                n_train=10, n_test=2, epochs=4, batch_size=10, lr=3e-3, lr_final=1e-3)
     clf = models["target"]
@@ -271,28 +274,28 @@ def test_get_hgd_caches_by_objective_and_guide(tmp_path):
     cache = ModelCache(tmp_path)
     torch.manual_seed(0)
     sources = {role: (build_classifier("resnet_small", "digits", width=4).eval(), {"hash": f"h-{role}"})
-               for role in hgd.ENSEMBLE}
+               for role in attack_sets.ENSEMBLE}
     target = sources["target"][0]
     kwargs = dict(target=target, sources=sources, device="cpu", cache=cache, progress=False)
-    d1, r1 = hgd.get_hgd("lgd", "digits", "smoke", 0, target_record={"hash": "guide-1"}, **kwargs)
+    d1, r1 = hgd_setup.get_hgd("lgd", "digits", "smoke", 0, target_record={"hash": "guide-1"}, **kwargs)
     assert not r1["cached"] and r1["spec"]["objective"] == "lgd" and r1["spec"]["guide"] == "guide-1"
     assert r1["spec"]["sources"] == {"target": "h-target", "source_a": "h-source_a", "source_b": "h-source_b"}
-    d2, r2 = hgd.get_hgd("lgd", "digits", "smoke", 0, target_record={"hash": "guide-1"}, **kwargs)
+    d2, r2 = hgd_setup.get_hgd("lgd", "digits", "smoke", 0, target_record={"hash": "guide-1"}, **kwargs)
     assert r2["cached"] and r2["path"] == r1["path"]
     for (k, v), w in zip(d1.state_dict().items(), d2.state_dict().values()):
         torch.testing.assert_close(v, w)
-    _, r3 = hgd.get_hgd("lgd", "digits", "smoke", 0, target_record={"hash": "guide-2"}, **kwargs)
-    _, r4 = hgd.get_hgd("cgd", "digits", "smoke", 0, target_record={"hash": "guide-1"}, **kwargs)
+    _, r3 = hgd_setup.get_hgd("lgd", "digits", "smoke", 0, target_record={"hash": "guide-2"}, **kwargs)
+    _, r4 = hgd_setup.get_hgd("cgd", "digits", "smoke", 0, target_record={"hash": "guide-1"}, **kwargs)
     assert len({r1["path"], r3["path"], r4["path"]}) == 3
     with pytest.raises(ValueError, match="Unknown HGD objective"):
-        hgd.get_hgd("mse", "digits", "smoke", 0, target_record={"hash": "g"}, **kwargs)
+        hgd_setup.get_hgd("mse", "digits", "smoke", 0, target_record={"hash": "g"}, **kwargs)
     assert d1(torch.rand(2, 1, 8, 8)).shape == (2, 1, 8, 8)
 
 
 def test_evaluate_test_sets_rows(models):
-    images = hgd.to_uint8(torch.rand(4, 3, 32, 32))
-    sets = hgd.make_test_sets(models, images, torch.zeros(4, dtype=torch.long))
-    rows = hgd.evaluate_test_sets(None, models["target"], sets, defense="none", classifier_name="t",
+    images = attack_sets.to_uint8(torch.rand(4, 3, 32, 32))
+    sets = attack_sets.make_test_sets(models, images, torch.zeros(4, dtype=torch.long))
+    rows = stored_sets.evaluate_test_sets(None, models["target"], sets, defense="none", classifier_name="t",
                                   dataset="shapes10")
     assert [(r["test_set"], round(r["eps"] * 255)) for r in rows] == [
         ("clean", 0), ("white", 4), ("white", 16), ("black", 4), ("black", 16)]
@@ -303,8 +306,8 @@ def test_evaluate_test_sets_rows(models):
 
 
 def test_paper_requirements_list_what_is_missing(tmp_path):
-    missing = hgd.missing_paper_requirements(tmp_path)
+    missing = hgd_setup.missing_paper_requirements(tmp_path)
     assert any(str(tmp_path / "train") in m for m in missing)
     assert any("inception_v3" in m for m in missing) or len(missing) >= 2
     with pytest.raises(FileNotFoundError, match="ImageNet"):
-        hgd.check_paper_requirements(tmp_path)
+        hgd_setup.check_paper_requirements(tmp_path)

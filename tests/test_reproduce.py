@@ -1,4 +1,4 @@
-"""The papermill driver (lib.reproduce) on a tiny throwaway notebook in a temporary repository.
+"""The papermill driver (lib.run.reproduce) on a tiny throwaway notebook in a temporary repository.
 
 A good run replaces the executed notebook, its result CSVs and figures; a failed run leaves them
 byte-identical and keeps the failed notebook under papermill_runs/<scale>/failed/.
@@ -6,8 +6,8 @@ byte-identical and keeps the failed notebook under papermill_runs/<scale>/failed
 import nbformat
 import pytest
 
-import lib.reproduce as reproduce
-from lib.reproduce import main, parse_value
+import lib.run.reproduce as reproduce
+from lib.run.reproduce import main, parse_value
 
 KERNEL = ["--kernel", "python3"]  # the venv's own ipykernel
 
@@ -35,7 +35,7 @@ print("done", value)
 
 @pytest.fixture
 def repo(tmp_path, monkeypatch):
-    """A temporary repository root holding notebooks/tiny.ipynb; lib.reproduce points at it."""
+    """A temporary repository root holding notebooks/tiny.ipynb; lib.run.reproduce points at it."""
     notebooks = tmp_path / "notebooks"
     notebooks.mkdir()
     nb = nbformat.v4.new_notebook()

@@ -1,11 +1,10 @@
-"""Result rows, Wilson intervals and atomic CSV writes (lib.results)."""
+"""Result rows, Wilson intervals and atomic CSV writes (lib.core.results)."""
 import math
 
 import pandas as pd
 import pytest
 
-from lib.results import (COLUMNS, accuracy_with_interval, claim_line, intervals_apart, is_collapsed, result_row,
-                         rows_frame, wilson_interval, write_csv_atomic)
+from lib.core.results import COLUMNS, accuracy_with_interval, claim_line, intervals_apart, is_collapsed, result_row, rows_frame, wilson_interval, write_csv_atomic
 
 
 def _row(**overrides) -> dict:

@@ -1,11 +1,10 @@
-"""Scales, parameter validation, input checks, seeding and device resolution (lib.settings)."""
+"""Scales, parameter validation, input checks, seeding and device resolution (lib.core.settings)."""
 import dataclasses
 
 import pytest
 import torch
 
-from lib.settings import (SCALES, check_eps, check_images, get_scale, resolve_device, resolve_scale,
-                          seed_everything, validate_parameters)
+from lib.core.settings import SCALES, check_eps, check_images, get_scale, resolve_device, resolve_scale, seed_everything, validate_parameters
 
 
 # --- scales ------------------------------------------------------------------------------------------

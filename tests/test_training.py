@@ -1,22 +1,22 @@
-"""Training recipes (lib.training) and the classifier zoo (lib.zoo) on tiny shapes10 sets.
+"""Training recipes (lib.models.recipes) and the classifier zoo (lib.models.zoo) on tiny shapes10 sets.
 
 The full shapes10 train split (20,000 images) takes tens of seconds to generate on 2 cores, so these tests
-draw a few hundred images from the same generator and seed (`lib.shapes.generate_shapes10`), and the zoo
-test shrinks `lib.data.SHAPES10_SIZES` for its duration (clearing the generator's cache before and after).
+draw a few hundred images from the same generator and seed (`lib.core.shapes.generate_shapes10`), and the zoo
+test shrinks `lib.core.data.SHAPES10_SIZES` for its duration (clearing the generator's cache before and after).
 """
 import math
 
 import pytest
 import torch
 
-import lib.data
-from lib.cache import ModelCache
-from lib.classifiers import build_classifier
-from lib.data import ImageData
-from lib.settings import get_scale, seed_everything
-from lib.shapes import CLASSES, generate_shapes10
-from lib.training import RECIPES, Recipe, recipe_for, train_classifier
-from lib.zoo import classifier_spec, get_classifier
+import lib.core.data
+from lib.core.cache import ModelCache
+from lib.models.classifiers import build_classifier
+from lib.core.data import ImageData
+from lib.core.settings import get_scale, seed_everything
+from lib.core.shapes import CLASSES, generate_shapes10
+from lib.models.recipes import RECIPES, Recipe, recipe_for, train_classifier
+from lib.models.zoo import classifier_spec, get_classifier
 
 METRICS = {"train_accuracy", "test_accuracy", "train_seconds", "train_images_per_second"}
 
@@ -109,7 +109,7 @@ def test_robust_recipe_runs_one_epoch(shapes, name):
 
 
 def test_eps_warmup_ramps_the_inner_attack_and_is_validated():
-    from lib.training import _inner_attack, _ramp_attack
+    from lib.models.recipes import _inner_attack, _ramp_attack
 
     recipe = Recipe(name="mart", eps_warmup=0.5, step_size=4 / 255)
     attack = _inner_attack(build_classifier("resnet_small", "shapes10", width=4), recipe)
@@ -137,11 +137,11 @@ def test_mart_warms_up_only_in_short_schedules_and_old_specs_keep_their_hash():
 @pytest.fixture
 def small_shapes10(monkeypatch):
     """shapes10 splits of 600 / 200 images while a test runs (the smoke scale uses 512 / 128)."""
-    lib.data._shapes10.cache_clear()
-    monkeypatch.setitem(lib.data.SHAPES10_SIZES, "train", 600)
-    monkeypatch.setitem(lib.data.SHAPES10_SIZES, "test", 200)
+    lib.core.data._shapes10.cache_clear()
+    monkeypatch.setitem(lib.core.data.SHAPES10_SIZES, "train", 600)
+    monkeypatch.setitem(lib.core.data.SHAPES10_SIZES, "test", 200)
     yield
-    lib.data._shapes10.cache_clear()
+    lib.core.data._shapes10.cache_clear()
 
 
 def test_zoo_trains_once_then_loads(tmp_path, small_shapes10):

@@ -1,4 +1,4 @@
-"""Fixed input transformations (lib.transforms) against their reference implementations.
+"""Fixed input transformations (lib.defenses.transforms) against their reference implementations.
 
 References: PIL's JPEG encoder, scipy.ndimage.median_filter, scikit-image's TV and wavelet denoisers, on real
 photographs shipped with scikit-image and on the embedded shapes10 dataset.
@@ -19,8 +19,8 @@ from skimage import data as skdata
 from skimage.restoration import denoise_tv_bregman, denoise_tv_chambolle, denoise_wavelet
 from skimage.transform import resize
 
-from lib import transforms as T
-from lib.data import load_dataset
+from lib.defenses import transforms as T
+from lib.core.data import load_dataset
 
 CUDA = torch.cuda.is_available()
 EXPECTED_FLAGS = {  # name: (differentiable, randomized)

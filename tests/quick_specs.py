@@ -1,0 +1,82 @@
+"""The spec of every cached model the kept quick runs use, computed without training anything.
+
+`quick_run_specs()` calls the getters the way the notebooks do, with `ModelCache.load_or_train` replaced by a
+dry version that records each spec and hands back the freshly built, untrained model. The hashes it yields
+are compared with `tests/data/quick_spec_hashes.json` (written before lib was reorganised into packages): a
+change that alters any of them would invalidate every user's cache and retrain the model.
+`quick_run_specs(dry=False)` trains them for real (into $PURIFY_CACHE), in the order the notebooks need them.
+"""
+from __future__ import annotations
+
+from unittest import mock
+
+from lib.core.cache import ModelCache, spec_hash
+
+SCALE, DATASET, SEED = "quick", "shapes10", 0
+# dir_ablations' variants of get_dir's defaults
+DIR_VARIANTS = (dict(mask_ratio=0.3), dict(mask_ratio=0.7), dict(alpha=0.0), dict(alpha=1.0), dict(alpha=5.0),
+                dict(pretrain=False), dict(depth=2, decoder_depth=1), dict(depth=4, decoder_depth=1),
+                dict(depth=4, decoder_depth=2), dict(depth=6, decoder_depth=2))
+
+
+def quick_run_specs(dry: bool = True, log=None, scale: str = SCALE) -> dict[str, dict]:
+    """'<kind>-<hash>' -> spec for every model the quick notebooks load (nothing is trained when `dry`)."""
+    from lib.defenses.baselines import BASELINES, get_baseline
+    from lib.defenses.dir_setup import get_adversarially_trained, get_dir
+    from lib.defenses.hgd_setup import ROLES, get_hgd, hgd_classifiers
+    from lib.models.zoo import get_classifier
+
+    found: dict[str, dict] = {}
+    real = ModelCache.load_or_train
+
+    def record(self, spec, build, train, device="cpu"):
+        found[f"{spec['kind']}-{spec_hash(spec)}"] = spec
+        if not dry:
+            out = real(self, spec, build, train, device)
+            if log:
+                log(spec, out[1])
+            return out
+        return build().to(device).eval(), {"cached": True, "metrics": {}, "hash": spec_hash(spec)}
+
+    args = dict(device="cpu", progress=False)
+    with mock.patch.object(ModelCache, "load_or_train", record):
+        clf = {r: get_classifier(DATASET, r, scale, SEED, **args) for r in ("natural", "pgd_at", "trades", "mart")}
+        # hgd: every role's classifier, Tables 2-5's denoisers
+        models = hgd_classifiers(DATASET, scale, SEED, roles=ROLES, **args)
+        guided = dict(target=models["target"][0], target_record=models["target"][1], sources=models, **args)
+        for objective, arch in (("lgd", "dunet"), ("pixel", "dae"), ("pixel", "dunet"), ("fgd", "dunet"),
+                                ("cgd", "dunet")):
+            get_hgd(objective, DATASET, scale, SEED, arch=arch, **guided)
+        get_hgd("lgd", DATASET, scale, SEED, classes=list(range(5)), **guided)
+        get_hgd("lgd", DATASET, scale, SEED, target=models["source_b"][0], target_record=models["source_b"][1],
+                sources=models, **args)
+        for r in ("natural", "pgd_at"):  # baselines (natural); dir, dir_ablations, dir_adaptive (both)
+            against = dict(target=clf[r][0], target_record=clf[r][1], **args)
+            for name in BASELINES:
+                base = get_baseline(name, DATASET, scale, SEED, **against)
+                if r == "pgd_at" and name in ("ape_gan", "nrp"):
+                    get_adversarially_trained(name, *base, DATASET, scale, SEED, **against)
+            lgd = get_hgd("lgd", DATASET, scale, SEED, **against)
+            if r == "pgd_at":
+                get_adversarially_trained("hgd_lgd", *lgd, DATASET, scale, SEED, **against)
+            get_dir(DATASET, scale, SEED, **against)
+        for overrides in DIR_VARIANTS:
+            get_dir(DATASET, scale, SEED, target=clf["pgd_at"][0], target_record=clf["pgd_at"][1], **args,
+                    **overrides)
+    return found
+
+
+if __name__ == "__main__":
+    import json
+    import sys
+    import time
+
+    start = time.time()
+    train = "--train" in sys.argv
+    scale = "smoke" if "--smoke" in sys.argv else SCALE
+    log = (lambda spec, rec: print(f"{time.time() - start:6.0f} s  {spec['kind']}-{rec['hash']} "
+                                   f"{'cached' if rec['cached'] else 'trained'}", file=sys.stderr, flush=True))
+    specs = quick_run_specs(dry=not train, log=log, scale=scale)
+    if not train:
+        json.dump(dict(sorted(specs.items())), sys.stdout, indent=1, sort_keys=True, default=str)
+    print(f"{len(specs)} models", file=sys.stderr)

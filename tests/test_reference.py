@@ -1,0 +1,106 @@
+"""lib.core.reference: the papers' numbers as data files, one reader, checked against the paper texts."""
+import csv
+import math
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from lib.core import reference as R
+
+REPO = Path(__file__).resolve().parents[1]
+FILES = sorted((REPO / "lib" / "reference").glob("*/*.csv"))
+UNITS = {"%", "L1", "ms", "× pre-trained"}
+# the paper texts (papers/README.md): one file per paper, beside the design notes
+PAPERS = Path(os.environ.get("PURIFY_PAPERS", REPO.parent / "shared" / "papers"))
+PAPER_TEXT = {"hgd": "003_76912749f819b266.txt", "dir": "000_dfa32c6a711fe26a.txt"}
+
+
+def test_every_file_is_package_data_and_reads():
+    assert FILES, "no reference files"
+    assert (REPO / "lib" / "reference" / "__init__.py").exists()  # a package, so the package data installs
+    assert '"lib.reference" = ["*/*.csv"]' in (REPO / "pyproject.toml").read_text()
+    assert R.papers() == sorted({p.parent.name for p in FILES})
+    for path in FILES:
+        frame = R.paper_numbers(path.parent.name, path.stem)
+        assert len(frame) == sum(1 for _ in open(path)) - 1, path
+        assert set(frame.unit) <= UNITS, (path, set(frame.unit) - UNITS)
+        assert frame.value.notna().all()
+        assert (frame.paper == path.parent.name.upper()).all(), path
+        assert frame.table.str.len().gt(0).all() and frame.page.str.len().gt(0).all(), path
+
+
+def test_row_counts_and_a_few_cells():
+    assert len(R.paper_numbers("hgd")) == 85
+    assert len(R.paper_numbers("dir")) == 130
+    t2 = R.reference_table("hgd", "table2", index="defense", columns=["test_set", "eps"], metric="accuracy")
+    assert t2.loc["NA", ("clean", 0.0)] == 76.7
+    assert t2.loc["DUNET", ("white", 4 / 255)] == 20.0
+    loss = R.reference_table("hgd", "Table 2", index="defense", columns="test_set", metric="denoising loss",
+                             eps=16 / 255)
+    assert loss.loc["DAE", "black"] == 0.0369
+    t1 = R.reference_table("dir", "table1", index=["dataset", "defense"], columns="attack")
+    assert list(t1.columns) == ["none", "pgd", "autoattack", "mifgsm", "vnifgsm"]  # the paper's order
+    assert list(t1.index.get_level_values("defense")[:6]) == ["None", "APE-GAN", "HGD", "NRP", "JATP", "DIR"]
+    assert t1.loc[("CIFAR-10", "DIR"), "pgd"] == 54.27 and t1.loc[("SVHN", "None"), "autoattack"] == 45.16
+
+
+def test_tables_by_label_and_typed_columns():
+    assert R.paper_numbers("DIR", "Table 1").equals(R.paper_numbers("dir", "table1"))
+    eq9 = R.paper_numbers("dir", "Section 4.2 (Eq. 9)")  # a label inside section4_2.csv
+    assert sorted(eq9.defense) == ["DIR", "JATP"]
+    assert eq9.step_size.tolist() == [2 / 255, 2 / 255]
+    ablation = R.paper_numbers("dir", "section4_3")
+    assert ablation.pretrain.dtype == bool and set(ablation.mask_ratio) == {0.3, 0.5, 0.7}
+    assert R.paper_numbers("dir", "table5").encoder_depth.tolist()[:2] == [4, 4]
+
+
+def test_unknown_names_list_what_there_is():
+    with pytest.raises(KeyError, match=r"available: \['dir', 'hgd'\]"):
+        R.paper_numbers("nope")
+    with pytest.raises(KeyError, match=r"available: \['section4_2'.*'table5'\]"):
+        R.paper_numbers("dir", "table9")
+    with pytest.raises(ValueError, match="several numbers per cell"):
+        R.reference_table("hgd", "table2", index="defense", columns="test_set")
+    with pytest.raises(LookupError, match="No numbers"):
+        R.reference_table("hgd", "table2", index="defense", columns="test_set", metric="nothing")
+
+
+def test_malformed_files_are_errors(tmp_path, monkeypatch):
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "t.csv").write_text("paper,table,page,defense,value,unit,note\nX,T,1,a,1.0,%,\nX,T,1,a,2.0,%,\n")
+    (tmp_path / "x" / "u.csv").write_text("paper,table,value,unit,note\nX,T,1.0,%,\n")
+    (tmp_path / "x" / "v.csv").write_text("paper,table,page,value,unit,note\nX,T,1,n/a,%,\n")
+    monkeypatch.setattr(R, "_root", lambda: tmp_path)
+    R._read.cache_clear()
+    try:
+        with pytest.raises(ValueError, match="same keys"):
+            R.paper_numbers("x", "t")
+        with pytest.raises(ValueError, match=r"lacks the columns \['page'\]"):
+            R.paper_numbers("x", "u")
+        with pytest.raises(ValueError, match="non-numeric value on lines \\[2\\]"):
+            R.paper_numbers("x", "v")
+    finally:
+        R._read.cache_clear()
+
+
+@pytest.mark.skipif(not PAPERS.exists(), reason="the paper texts are not here (set PURIFY_PAPERS)")
+@pytest.mark.parametrize("path", FILES, ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_every_number_is_printed_in_the_paper(path):
+    """Each value, as written in the CSV, appears in the paper's text (times of 291000 ms as '291k'), and each
+    table's numbers appear in the order of the file (row by row), so a typo or a swapped cell fails."""
+    text = (PAPERS / PAPER_TEXT[path.parent.name]).read_text()
+    rows = list(csv.DictReader(open(path)))
+    printed = [r["value"][:-3] + "k" if r["unit"] == "ms" else r["value"] for r in rows]
+    missing = [v for v in printed if v not in text]
+    assert not missing, f"{path.name}: not in the paper text: {missing}"
+    if path.stem.startswith("table"):  # a table's lines: consecutive values of one row label, in order
+        by_line = {}
+        for r, v in zip(rows, printed):
+            key = tuple(r[k] for k in r if k not in ("value", "note", "attack", "threat_model", "eps", "steps",
+                                                      "test_set", "unit"))
+            by_line.setdefault(key, []).append(v)
+        for key, values in by_line.items():
+            assert re.search(r"[%\s]+".join(map(re.escape, values)), text), (path.name, key, values)
+    assert all(math.isfinite(float(r["value"])) for r in rows)
