@@ -1,7 +1,9 @@
 """The papermill driver (lib.run.reproduce) on a tiny throwaway notebook in a temporary repository.
 
 A good run replaces the executed notebook, its result CSVs and figures; a failed run leaves them
-byte-identical and keeps the failed notebook under papermill_runs/<scale>/failed/.
+byte-identical and keeps the failed notebook under papermill_runs/<scale>/failed/. A run with non-default
+parameters is kept apart (papermill_runs/<scale>/runs/<tag>/, figures/<scale>/runs/<tag>/) and never
+replaces the default run; a `-p` value of the wrong type is rejected before anything runs.
 """
 import nbformat
 import pytest
@@ -20,8 +22,8 @@ results.mkdir(parents=True, exist_ok=True)
 (results / "values.csv").write_text(f"scale,value\\n{scale},{value}\\n")
 figures = Path(os.environ["PURIFY_FIGURES_DIR"])
 figures.mkdir(parents=True, exist_ok=True)
-(figures / "marker.txt").write_text(str(value))
-if value == 13:
+(figures / "marker.txt").write_text(str(value) + os.environ.get("TINY_MARK", ""))
+if value == 13 or os.environ.get("TINY_FAIL") == "1":
     raise ValueError("bad value")
 import sys, time
 for i in range(30):  # a progress bar redrawn with carriage returns, flushed as separate outputs
@@ -42,7 +44,7 @@ def repo(tmp_path, monkeypatch):
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nb.cells = [
         nbformat.v4.new_markdown_cell("# tiny"),
-        nbformat.v4.new_code_cell("scale = None\nvalue = 1", metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell("scale = None\nvalue = 1\nratio = 0.5", metadata={"tags": ["parameters"]}),
         nbformat.v4.new_code_cell(BODY),
     ]
     nbformat.write(nb, notebooks / "tiny.ipynb")
@@ -51,6 +53,8 @@ def repo(tmp_path, monkeypatch):
     monkeypatch.setattr(reproduce, "NOTEBOOKS", notebooks)
     monkeypatch.delenv("PURIFY_RESULTS_DIR", raising=False)
     monkeypatch.delenv("PURIFY_FIGURES_DIR", raising=False)
+    monkeypatch.delenv("TINY_FAIL", raising=False)
+    monkeypatch.delenv("TINY_MARK", raising=False)
     return tmp_path
 
 
@@ -58,7 +62,7 @@ def test_available_notebooks(repo):
     assert reproduce.available_notebooks() == ["tiny"]
 
 
-def test_success_then_failure_keeps_last_good_outputs(repo, capsys):
+def test_success_then_failure_keeps_last_good_outputs(repo, capsys, monkeypatch):
     import os
 
     runs = repo / "papermill_runs" / "smoke"
@@ -79,9 +83,11 @@ def test_success_then_failure_keeps_last_good_outputs(repo, capsys):
     good_nb, good_csv = executed.read_bytes(), csv.read_bytes()
     capsys.readouterr()
 
-    assert main(["--scale", "smoke", "--only", "tiny", "-p", "value", "13", *KERNEL]) == 1
+    monkeypatch.setenv("TINY_FAIL", "1")  # the default run itself fails this time
+    assert main(["--scale", "smoke", "--only", "tiny", *KERNEL]) == 1
     printed = capsys.readouterr().out
     assert "bad value" in printed and "ValueError" in printed and "FAILED" in printed
+    assert "papermill_runs/smoke/failed/tiny.ipynb" in printed
     assert executed.read_bytes() == good_nb
     assert csv.read_bytes() == good_csv and marker.read_text() == "1"
     assert sorted(p.name for p in csv.parent.iterdir()) == ["values.csv"]
@@ -91,16 +97,87 @@ def test_success_then_failure_keeps_last_good_outputs(repo, capsys):
     assert not (runs / ".staging" / "tiny").exists()
 
     # the next good run replaces the outputs and clears the failed copy
-    assert main(["--scale", "smoke", "--only", "tiny", "-p", "value", "2", *KERNEL]) == 0
-    assert csv.read_text() == "scale,value\nsmoke,2\n" and marker.read_text() == "2"
+    monkeypatch.delenv("TINY_FAIL")
+    monkeypatch.setenv("TINY_MARK", "-again")
+    assert main(["--scale", "smoke", "--only", "tiny", *KERNEL]) == 0
+    assert csv.read_text() == "scale,value\nsmoke,1\n" and marker.read_text() == "1-again"
     assert executed.read_bytes() != good_nb
     assert not failed.exists()
+
+
+def test_non_default_parameters_never_replace_the_default_run(repo, capsys):
+    runs = repo / "papermill_runs" / "smoke"
+    executed, csv = runs / "tiny.ipynb", runs / "results" / "tiny" / "values.csv"
+    marker = repo / "figures" / "smoke" / "tiny" / "marker.txt"
+    assert main(["--scale", "smoke", "--only", "tiny", *KERNEL]) == 0
+    good = executed.read_bytes(), csv.read_bytes(), marker.read_bytes()
+    capsys.readouterr()
+
+    # an experiment goes to its own folders, named by the parameters that differ from the defaults
+    assert main(["--scale", "smoke", "--only", "tiny", "-p", "value", "2", *KERNEL]) == 0
+    assert "papermill_runs/smoke/runs/tiny__value=2/tiny.ipynb" in capsys.readouterr().out
+    assert (executed.read_bytes(), csv.read_bytes(), marker.read_bytes()) == good
+    experiment = runs / "runs" / "tiny__value=2"
+    assert (experiment / "tiny.ipynb").exists()
+    assert (experiment / "results" / "values.csv").read_text() == "scale,value\nsmoke,2\n"
+    assert (repo / "figures" / "smoke" / "runs" / "tiny__value=2" / "marker.txt").read_text() == "2"
+
+    # a failed experiment keeps its own failed copy, and touches neither the default run nor other experiments
+    assert main(["--scale", "smoke", "--only", "tiny", "-p", "value", "13", *KERNEL]) == 1
+    assert "papermill_runs/smoke/failed/tiny__value=13.ipynb" in capsys.readouterr().out
+    assert (runs / "failed" / "tiny__value=13.ipynb").exists() and not (runs / "failed" / "tiny.ipynb").exists()
+    assert not (runs / "runs" / "tiny__value=13").exists()
+    assert (executed.read_bytes(), csv.read_bytes(), marker.read_bytes()) == good
+    assert (experiment / "results" / "values.csv").read_text() == "scale,value\nsmoke,2\n"
+
+    # a fraction is a float; several parameters make one tag (keys sorted)
+    assert main(["--scale", "smoke", "--only", "tiny", "-p", "value", "3", "-p", "ratio", "8/255", *KERNEL]) == 0
+    tagged = runs / "runs" / f"tiny__ratio={8 / 255!r}__value=3"
+    assert (tagged / "results" / "values.csv").read_text() == "scale,value\nsmoke,3\n"
+    ran = nbformat.read(tagged / "tiny.ipynb", as_version=4)
+    assert any(f"ratio = {8 / 255!r}" in c.source for c in ran.cells if "injected-parameters" in c.metadata.get("tags", []))
+
+    # a parameter given with its default value is the default run
+    assert main(["--scale", "smoke", "--only", "tiny", "-p", "value", "1", "-p", "ratio", "0.5", *KERNEL]) == 0
+    assert executed.read_bytes() != good[0] and csv.read_bytes() == good[1]
+    assert sorted(p.name for p in (runs / "runs").iterdir()) == [tagged.name, "tiny__value=2"]
+
+
+@pytest.mark.parametrize("key,text,expected", [
+    ("value", "abc", "parameter 'value' expects an int, got 'abc'"),
+    ("value", "1.5", "parameter 'value' expects an int, got 1.5"),
+    ("value", "True", "parameter 'value' expects an int, got True"),
+    ("ratio", "abc", "parameter 'ratio' expects a float, got 'abc'"),
+])
+def test_wrong_parameter_type_is_rejected_before_running(repo, capsys, key, text, expected):
+    assert main(["--scale", "smoke", "--only", "tiny", "-p", key, text, *KERNEL]) == 1
+    printed = capsys.readouterr().out
+    assert expected in printed and "FAILED" in printed
+    assert "nothing was run" in printed and "failed notebook is in" not in printed
+    assert not (repo / "papermill_runs").exists() and not (repo / "figures").exists()
+
+
+def test_check_parameters_coerces_and_names_the_key(repo):
+    import papermill as pm
+
+    known = pm.inspect_notebook(str(repo / "notebooks" / "tiny.ipynb"))
+    assert reproduce.check_parameters("tiny", {"ratio": 1, "value": 2}, known) == {"ratio": 1.0, "value": 2}
+    assert type(reproduce.check_parameters("tiny", {"ratio": 1}, known)["ratio"]) is float
+    assert reproduce.check_parameters("tiny", {"ratio": parse_value("8/255")}, known) == {"ratio": 8 / 255}
+    assert reproduce.check_parameters("tiny", {"value": None}, known) == {"value": None}
+    with pytest.raises(ValueError, match=r"unknown parameter\(s\) \['nope'\]"):
+        reproduce.check_parameters("tiny", {"nope": 1}, known)
+    assert reproduce.run_tag("tiny", {"value": 1, "ratio": 0.5}, known) == "tiny"
+    assert reproduce.run_tag("tiny", {"value": 2}, known) == "tiny__value=2"
+    odd = reproduce.run_tag("tiny", {"scale": "a/b c"}, known)
+    assert odd.startswith("tiny__scale=a_b_c-") and "/" not in odd  # sanitised, with a hash against collisions
 
 
 def test_unknown_parameter_fails_without_executing(repo, capsys):
     assert main(["--scale", "smoke", "--only", "tiny", "-p", "nope", "1", *KERNEL]) == 1
     printed = capsys.readouterr().out
     assert "unknown parameter(s) ['nope']" in printed and "value" in printed
+    assert "nothing was run" in printed and "failed notebook is in" not in printed  # none was written
     runs = repo / "papermill_runs" / "smoke"
     assert not (runs / "tiny.ipynb").exists()
     assert not (runs / "failed").exists() and not (runs / "results").exists()
@@ -124,6 +201,7 @@ def test_scale_parameter_and_unknown_scale_exit(repo):
 
 
 @pytest.mark.parametrize("text,value", [("1", 1), ("0.5", 0.5), ("'x'", "x"), ("None", None), ("True", True),
-                                        ("abc", "abc"), ("8/255", "8/255"), ("[1, 2]", [1, 2])])
+                                        ("abc", "abc"), ("8/255", 8 / 255), ("-4/255", -4 / 255),
+                                        ("0.5/2", 0.25), ("1/0", "1/0"), ("a/255", "a/255"), ("[1, 2]", [1, 2])])
 def test_parse_value(text, value):
     assert parse_value(text) == value and type(parse_value(text)) is type(value)

@@ -24,7 +24,8 @@ What we configure or wrap around torchattacks 3.5.1, and why:
 - `vnifgsm`, `sinifgsm`: torchattacks evaluates the model at points outside [0, 1] (VNI's random neighbours,
   the Nesterov look-ahead); ours clamp those points (`InRange`), so a purifier that checks its input works.
 - `cw`, `deepfool` at eps = 0 return the input unchanged (the projection onto the ε-ball is always applied,
-  and at ε = 0 the inner attack is not run): ε = 0 means "no perturbation" for every attack here.
+  and at ε = 0 the inner attack is not run), and so does `pgd_l2` (torchattacks' PGDL2 divides 0 by 0 there
+  and returns NaN images): ε = 0 means "no perturbation" for every attack here.
 - Train/eval mode: torchattacks puts only the *top* module in eval mode and, when that module was in training
   mode, calls `.train()` on it afterwards, which recurses into every child. A fresh wrapper (`InRange`,
   `Defended`, `BPDA`, `EOT`) is in training mode by default, so the classifier inside came back in training
@@ -146,13 +147,25 @@ class ProjectLinf(Attack):
     def __init__(self, attack: Attack, eps: float):
         super().__init__("Project" + attack.attack, attack.model)
         self.inner, self.eps = attack, eps
-        self.supported_mode = ["default"]
+        self.supported_mode = list(attack.supported_mode)
 
     def forward(self, images, labels):
         if self.eps == 0:  # nothing may move: do not run the inner attack at all
             return images.clone().detach()
         adv = self.inner(images, labels)
         return (images + (adv - images).clamp(-self.eps, self.eps)).clamp(0, 1)
+
+
+class NoPerturbation(Attack):
+    """The attack with a zero budget: returns its input (pgd_l2 at eps = 0)."""
+
+    def __init__(self, model, eps: float = 0.0, alpha: float = 0.0):
+        super().__init__("NoPerturbation", model)
+        self.eps, self.alpha = eps, alpha
+        self.supported_mode = ["default", "targeted"]
+
+    def forward(self, images, labels):
+        return images.clone().detach()
 
 
 # name -> builder(model, eps, steps, step_size, n_classes, seed, checks); paper defaults in comments
@@ -217,10 +230,13 @@ def build_attack(name: str, model: nn.Module, eps: float = 8 / 255, steps: int =
     attack = _BUILDERS[name](model, eps, steps, step_size, n_classes or 10, seed, checks)
     if name in ("cw", "deepfool"):
         attack = ProjectLinf(attack, eps)
-    if target == "random":
-        attack.set_mode_targeted_random(quiet=True)
-    elif target == "least_likely":
-        attack.set_mode_targeted_least_likely(quiet=True)
+    elif name == "pgd_l2" and eps == 0:
+        attack = NoPerturbation(model, eps, step_size)
+    for part in (attack, attack.inner) if isinstance(attack, ProjectLinf) else (attack,):
+        if target == "random":
+            part.set_mode_targeted_random(quiet=True)
+        elif target == "least_likely":
+            part.set_mode_targeted_least_likely(quiet=True)
     attack.label_classes = n_classes  # run_attack checks labels against it
     return attack
 

@@ -7,16 +7,30 @@ Each notebook runs into a staging folder; only when it succeeds do the executed 
 (papermill_runs/<scale>/<name>.ipynb), its result CSVs (papermill_runs/<scale>/results/<name>/) and its
 figures (figures/<scale>/<name>/) replace the previous ones. A failed run leaves the last good outputs
 untouched and keeps the failed notebook as papermill_runs/<scale>/failed/<name>.ipynb for inspection.
+
+A run whose `-p` parameters differ from the notebook's defaults is an experiment, kept apart so that it never
+replaces the default run: its tag is `<name>__<key>=<value>[__...]` (keys sorted; e.g. `tour__dataset=digits`),
+and it goes to papermill_runs/<scale>/runs/<tag>/<name>.ipynb, papermill_runs/<scale>/runs/<tag>/results/ and
+figures/<scale>/runs/<tag>/ (failed: papermill_runs/<scale>/failed/<tag>.ipynb). A parameter given with its
+default value (`-p seed 0`) is the default run.
+
+`-p` values are Python literals (1, 0.5, 'x', None, True), `k/255`-style fractions (floats), or else plain
+strings. Each is checked against the notebook's default before anything runs: an unknown key, or a value of
+the wrong type ("parameter 'seed' expects an int, got 'abc'"), rejects the notebook without executing it
+(an int is accepted where a float is expected; a default of None accepts anything).
 """
 from __future__ import annotations
 
 import argparse
 import ast
+import hashlib
 import os
+import re
 import shutil
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 from lib.core.provenance import REPO
 from lib.core.settings import SCALES
@@ -28,12 +42,83 @@ def available_notebooks() -> list[str]:
     return sorted(p.stem for p in NOTEBOOKS.glob("*.ipynb") if not p.name.startswith("."))
 
 
+_FRACTION = re.compile(r"^\s*([-+]?\d+(?:\.\d*)?)\s*/\s*(\d+(?:\.\d*)?)\s*$")
+_NO_DEFAULT = object()  # a default the driver cannot read (an expression other than k/255): any value goes
+
+
 def parse_value(text: str):
-    """-p values: Python literals (1, 0.5, 'x', None, True) where they parse, else the plain string."""
+    """-p values: `k/255`-style fractions as floats, Python literals (1, 0.5, 'x', None, True) where they parse,
+    else the plain string."""
+    fraction = _FRACTION.match(text)
+    if fraction and float(fraction[2]) != 0:
+        return float(fraction[1]) / float(fraction[2])
     try:
         return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
         return text
+
+
+def _default_value(source: str):
+    """A notebook default from its parameters-cell source ('0', '"shapes10"', '8 / 255', 'None')."""
+    value = parse_value(source)
+    return _NO_DEFAULT if value == source and not (source.startswith(("'", '"'))) else value
+
+
+def _type_name(value) -> str:
+    name = {bool: "bool", int: "int", float: "float", str: "str"}.get(type(value), type(value).__name__)
+    return ("an " if name[0] in "aeiou" else "a ") + name
+
+
+def check_parameters(name: str, parameters: dict, known: dict) -> dict:
+    """`-p` parameters checked against a notebook's defaults (papermill.inspect_notebook's `known`).
+
+    Returns them coerced (an int where a float is expected becomes a float); raises ValueError for an
+    unknown key and TypeError for a value of the wrong type, naming the parameter.
+    """
+    unknown = sorted(set(parameters) - set(known))
+    if unknown:
+        raise ValueError(f"unknown parameter(s) {unknown} for {name}; it takes {sorted(known)}")
+    checked = {}
+    for key, value in parameters.items():
+        default = _default_value(known[key].get("default", ""))
+        if default is _NO_DEFAULT or default is None or value is None:
+            checked[key] = value
+        elif isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+            checked[key] = float(value)
+        elif type(value) is type(default) or (isinstance(value, (list, tuple)) and isinstance(default, (list, tuple))):
+            checked[key] = value
+        else:
+            hint = " (a fraction such as 8/255 is accepted)" if isinstance(default, float) else ""
+            hint = " (quote it: -p {0} \"'{1}'\")".format(key, value) if isinstance(default, str) else hint
+            raise TypeError(f"parameter {key!r} expects {_type_name(default)}, got {value!r}{hint}; {name}'s "
+                            f"default is {default!r}")
+    return checked
+
+
+def run_tag(name: str, parameters: dict, known: dict) -> str:
+    """The run's name: the notebook's for its defaults, else `<name>__key=value[__...]` (the non-default ones)."""
+    changed = {}
+    for key in sorted(parameters):
+        default = _default_value(known.get(key, {}).get("default", ""))
+        value = parameters[key]
+        if default is _NO_DEFAULT or type(value) is not type(default) or value != default:
+            changed[key] = value
+    if not changed:
+        return name
+    text = "__".join(f"{key}={value!r}" if isinstance(value, float) else f"{key}={value}"
+                     for key, value in changed.items())
+    slug = re.sub(r"[^A-Za-z0-9._=+-]", "_", text)
+    if slug != text or len(slug) > 80:  # sanitised or shortened: a hash keeps different values apart
+        slug = slug[:80] + "-" + hashlib.sha1(text.encode()).hexdigest()[:8]
+    return f"{name}__{slug}"
+
+
+class NotebookRun(NamedTuple):
+    ok: bool
+    seconds: float
+    message: str
+    failed_notebook: Path | None  # the failed executed notebook this run kept (None: none was written)
+    notebook: Path | None  # where the executed notebook went (None unless ok)
 
 
 def _replace_dir(staged: Path, final: Path) -> None:
@@ -61,18 +146,29 @@ def compact_streams(path: Path) -> None:
     nbformat.write(nb, path)
 
 
-def run_notebook(name: str, scale: str, parameters: dict, kernel: str | None = None) -> tuple[bool, float, str]:
-    """Execute one notebook; returns (succeeded, seconds, error message)."""
+def run_notebook(name: str, scale: str, parameters: dict, kernel: str | None = None) -> NotebookRun:
+    """Execute one notebook; returns (ok, seconds, message, failed_notebook, notebook).
+
+    Parameters are checked first (`check_parameters`); a rejected one runs nothing and writes nothing.
+    """
     import papermill as pm
 
     source = NOTEBOOKS / f"{name}.ipynb"
     known = pm.inspect_notebook(str(source))
-    unknown = sorted(set(parameters) - set(known))
-    if unknown:
-        return False, 0.0, f"unknown parameter(s) {unknown} for {name}; it takes {sorted(known)}"
+    try:
+        parameters = check_parameters(name, parameters, known)
+    except (TypeError, ValueError) as err:
+        return NotebookRun(False, 0.0, str(err), None, None)
 
     runs = REPO / "papermill_runs" / scale
-    staging = runs / ".staging" / name
+    tag = run_tag(name, parameters, known)
+    if tag == name:  # the default run
+        final_nb, final_results, final_figures = runs / f"{name}.ipynb", runs / "results" / name, REPO / "figures" / scale / name
+    else:  # an experiment: kept apart, never replacing the default run
+        final_nb = runs / "runs" / tag / f"{name}.ipynb"
+        final_results, final_figures = runs / "runs" / tag / "results", REPO / "figures" / scale / "runs" / tag
+    failed_nb = runs / "failed" / f"{tag}.ipynb"
+    staging = runs / ".staging" / tag
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     staged_nb = staging / f"{name}.ipynb"
@@ -97,17 +193,26 @@ def run_notebook(name: str, scale: str, parameters: dict, kernel: str | None = N
     if staged_nb.exists():
         compact_streams(staged_nb)
 
+    kept_failed = None
     if ok:
-        runs.mkdir(parents=True, exist_ok=True)
-        os.replace(staged_nb, runs / f"{name}.ipynb")
-        _replace_dir(staging / "results", runs / "results" / name)
-        _replace_dir(staging / "figures", REPO / "figures" / scale / name)
-        (runs / "failed" / f"{name}.ipynb").unlink(missing_ok=True)
+        final_nb.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(staged_nb, final_nb)
+        _replace_dir(staging / "results", final_results)
+        _replace_dir(staging / "figures", final_figures)
+        failed_nb.unlink(missing_ok=True)
     elif staged_nb.exists():
-        (runs / "failed").mkdir(parents=True, exist_ok=True)
-        os.replace(staged_nb, runs / "failed" / f"{name}.ipynb")
+        failed_nb.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(staged_nb, failed_nb)
+        kept_failed = failed_nb
     shutil.rmtree(staging, ignore_errors=True)
-    return ok, seconds, message
+    return NotebookRun(ok, seconds, message, kept_failed, final_nb if ok else None)
+
+
+def _shown(path: Path) -> str:
+    try:
+        return str(path.relative_to(REPO))
+    except ValueError:
+        return str(path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -131,11 +236,15 @@ def main(argv: list[str] | None = None) -> int:
     summary = []
     for name in selected:
         print(f"[{args.scale}] {name} ...", flush=True)
-        ok, seconds, message = run_notebook(name, args.scale, parameters, args.kernel)
-        summary.append((name, "ok" if ok else "FAILED", seconds, message))
-        if not ok:
-            print(f"  failed: {message}\n  (kept the last good outputs; the failed notebook is in "
-                  f"papermill_runs/{args.scale}/failed/{name}.ipynb)", flush=True)
+        result = run_notebook(name, args.scale, parameters, args.kernel)
+        summary.append((name, "ok" if result.ok else "FAILED", result.seconds, result.message))
+        if result.ok:
+            print(f"  wrote {_shown(result.notebook)}", flush=True)
+        elif result.failed_notebook is not None:
+            print(f"  failed: {result.message}\n  (kept the last good outputs; the failed notebook is in "
+                  f"{_shown(result.failed_notebook)})", flush=True)
+        else:
+            print(f"  failed: {result.message}\n  (nothing was run and nothing was written)", flush=True)
 
     width = max(len(n) for n, *_ in summary)
     print(f"\n{'notebook':<{width}}  status  seconds")
