@@ -2,10 +2,10 @@
 import pytest
 import torch
 
-from lib.classifiers import build_classifier
-from lib.data import load_dataset
-from lib.settings import seed_everything
-from lib.training import Recipe, train_classifier
+from lib.models.classifiers import build_classifier
+from lib.core.data import load_dataset
+from lib.core.settings import seed_everything
+from lib.models.recipes import Recipe, train_classifier
 
 
 @pytest.fixture(scope="session")
@@ -18,3 +18,15 @@ def shapes_model():
     train_classifier(model, train, test, Recipe(epochs=5, batch_size=128, lr=0.2), device="cpu", progress=False)
     x, y = test.subset(48, seed=0).tensors()
     return model.eval(), x, y
+
+
+def pytest_collection_modifyitems(config, items):
+    """`@pytest.mark.quick` tests (quick-scale results from the model cache) run only with PURIFY_QUICK_TESTS=1."""
+    import os
+
+    if os.environ.get("PURIFY_QUICK_TESTS") == "1":
+        return
+    skip = pytest.mark.skip(reason="quick-scale check: set PURIFY_QUICK_TESTS=1 (make test-quick)")
+    for item in items:
+        if item.get_closest_marker("quick") is not None:
+            item.add_marker(skip)
