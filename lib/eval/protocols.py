@@ -1,0 +1,321 @@
+"""Evaluation protocols shared by the notebooks: defenses × attacks → rows, and the tables built from rows.
+
+    rows = defense_rows({"None": None, "DIR": dir_denoiser}, target, x, y, ["pgd", "mifgsm"], eps=8/255,
+                        steps=20, step_size=2/255, threat_models=white_box_and_eot, eot_samples=4,
+                        classifier="pgd_at", dataset="shapes10")
+    attack_table(rows_frame(rows))          # one line per (defense, threat model), accuracy % per attack
+    pick(frame, defense="DIR", attack="pgd", threat_model="white-box+eot").accuracy
+
+| function | what |
+|---|---|
+| `check_n_eval` | a notebook's `n_eval` parameter: None → the scale's default, else an int in [1, scale.n_eval] |
+| `purify_batched` | purifier(x) in batches, without gradients, optionally reseeded first |
+| `defense_rows` | the Table-1 protocol: per defense the clean row, then every attack under every threat model |
+| `white_box_and_eot` | `white-box`, plus `white-box+eot` for a random defense (DIR's Table 1 protocol) |
+| `mask_aware_rows` | DIR's Eq. 8 attack, scored with the attacker's masks and with fresh ones |
+| `stored_set_rows` | each defense on stored adversarial test sets (HGD's Tables 2-5) |
+| `pick` | the one row of a frame matching column values (an error on none or several) |
+| `percent_table`, `attack_table`, `setting_table`, `accuracy_columns` | pivots of result rows |
+| `side_by_side` | our table above the paper's (lib.core.reference) with the same columns |
+| `collapsed_models`, `claim_between`, `verdict` | the claims tables: does row a beat row b, no verdict on a collapsed model |
+| `training_summary` | one line per trained model record (from cache, seconds, loss by epoch) |
+
+Accuracies in rows are fractions; every table that says `%` multiplies by 100. ε is in pixel units (8/255).
+"""
+from __future__ import annotations
+
+import time
+from typing import Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from lib.attacks.adaptive import mask_aware_attack
+from lib.attacks.attack_sets import AdversarialSet
+from lib.core.purifiers import Identity, is_randomized, reseed
+from lib.core.results import claim_line, is_collapsed, result_row
+from lib.core.settings import Scale
+from lib.eval.evaluation import clean_row, evaluate, score
+from lib.eval.sanity import default_threat_model
+from lib.eval.stored_sets import evaluate_test_sets
+
+# Column labels of the papers' tables for our attack names (DIR Tables 1-2: Natural, PGD, AA, MI, VNI).
+ATTACK_LABELS = {"none": "Natural", "fgsm": "FGSM", "pgd": "PGD", "autoattack": "AA", "autoattack_rand": "AA",
+                 "mifgsm": "MI-FGSM", "vnifgsm": "VNI-FGSM", "apgd_ce": "APGD-CE", "apgd_dlr": "APGD-DLR", "cw": "CW"}
+# What a threat model is called in the clean / oblivious / adaptive tables of the baselines notebooks.
+SETTINGS = ("clean", "oblivious", "transfer", "adaptive")
+
+
+# ---------------------------------------------------------------------------------------------- sizes, purifying
+def check_n_eval(n_eval: int | None, scale: Scale, default: int | None = None) -> int:
+    """A notebook's `n_eval` parameter (test images attacked per defense), checked against the scale.
+
+    None → `default` (a notebook's own size for this scale), or the scale's n_eval when that is None too.
+    The images are the first n_eval of the scale's evaluation subset, so n_eval must be an int in
+    [1, scale.n_eval]; anything else is a ValueError that says so.
+    """
+    if n_eval is None:
+        n_eval = default or scale.n_eval
+    if isinstance(n_eval, bool) or not isinstance(n_eval, (int, np.integer)) or not 1 <= n_eval <= scale.n_eval:
+        raise ValueError(f"n_eval={n_eval!r} must be an integer from 1 to the scale's n_eval ({scale.n_eval}): the "
+                         "images are the first n_eval of the scale's evaluation subset.")
+    return int(n_eval)
+
+
+@torch.no_grad()
+def purify_batched(purifier: nn.Module | None, x: torch.Tensor, batch_size: int = 256,
+                   seed: int | None = None) -> torch.Tensor:
+    """purifier(x) over batches of `batch_size`, in eval mode and without gradients; None is the identity.
+
+    x: (N, C, H, W) in [0, 1] → (N, C', H', W'). seed: reseed a random purifier first
+    (lib.core.purifiers.reseed), so that the same call gives the same images; its draws then run on
+    through the batches in order.
+    """
+    if purifier is None:
+        return x
+    purifier.eval()
+    if seed is not None:
+        reseed(purifier, seed)
+    return torch.cat([purifier(part) for part in x.split(batch_size)])
+
+
+# --------------------------------------------------------------------------------------------- rows from attacks
+def white_box_and_eot(purifier: nn.Module | None) -> tuple[str, ...]:
+    """`white-box` (the papers' protocol), plus `white-box+eot` for a random purifier (Athalye et al. 2018)."""
+    return ("white-box", "white-box+eot") if is_randomized(purifier) else ("white-box",)
+
+
+def _threat_models(spec, purifier: nn.Module | None) -> tuple[str, ...]:
+    if spec is None:
+        return (default_threat_model(purifier or Identity()),)
+    if callable(spec):
+        return tuple(spec(purifier))
+    return (spec,) if isinstance(spec, str) else tuple(spec)
+
+
+def defense_rows(defenses: Mapping[str, nn.Module | None], target: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                 attacks: Sequence[str] = ("pgd",), *, eps: float, steps: int, step_size: float | None = None,
+                 threat_models: str | Sequence[str] | Callable | None = None, eot_samples: int = 1,
+                 eot_attacks: Sequence[str] | None = None, defense_runs: int = 1, clean: bool = True,
+                 autoattack: int = 0, autoattack_rand: int | None = None, keep: dict | None = None,
+                 keep_attacks: Sequence[str] = ("pgd",), classifier: str = "classifier", dataset: str = "unknown",
+                 seed: int = 0, **extra) -> list[dict]:
+    """The Table-1 protocol: for each named defense in order, target ∘ purifier under every attack.
+
+    Per defense: the clean row (`clean_row`, unless clean=False), then for each threat model (in order) each
+    attack (`evaluate`), then AutoAttack on the first `autoattack` images. A defense's threat models are
+    `threat_models(purifier)` when callable (e.g. `white_box_and_eot`), the given name(s), or
+    `lib.eval.sanity.default_threat_model` when None (white-box, BPDA for a non-differentiable purifier,
+    +EOT for a random one). EOT threat models average `eot_samples` gradients per step and run only the
+    attacks in `eot_attacks` (None: all). AutoAttack is the standard version under `white-box` for a
+    deterministic purifier, and the `rand` version (EOT over 20 draws inside APGD) on the first
+    `autoattack_rand` images (None: `autoattack`) for a random one. x: (N, C, H, W) in [0, 1], y: (N,).
+
+    keep: a dict that receives the adversarial images of the attacks in `keep_attacks`, keyed
+    (defense, threat_model, attack). Rows are lib.core.results rows (accuracy a fraction) with `extra` columns.
+    """
+    tag = dict(classifier=classifier, dataset=dataset, seed=seed, **extra)
+    rows = []
+    for name, purifier in defenses.items():
+        if clean:
+            rows.append(clean_row(purifier, target, x, y, defense=name, defense_runs=defense_runs, **tag))
+        for threat_model in _threat_models(threat_models, purifier):
+            eot = eot_samples if "eot" in threat_model else 1
+            for attack in attacks:
+                if "eot" in threat_model and eot_attacks is not None and attack not in eot_attacks:
+                    continue
+                row, x_adv = evaluate(purifier, target, x, y, attack=attack, threat_model=threat_model, eps=eps,
+                                      steps=steps, step_size=step_size, eot_samples=eot, defense_runs=defense_runs,
+                                      return_adversarial=True, defense=name, **tag)
+                rows.append(row)
+                if keep is not None and attack in keep_attacks:
+                    keep[(name, threat_model, attack)] = x_adv
+        random = is_randomized(purifier)
+        n_aa = min(autoattack if not random or autoattack_rand is None else autoattack_rand, len(y))
+        if n_aa:
+            rows.append(evaluate(purifier, target, x[:n_aa], y[:n_aa], attack="autoattack_rand" if random else
+                                 "autoattack", threat_model="white-box", eps=eps, defense_runs=defense_runs,
+                                 defense=name, **tag))
+    return rows
+
+
+def mask_aware_rows(denoiser: nn.Module, target: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
+                    steps: int, step_size: float, defense_runs: int = 1, seed: int = 0, batch_size: int = 256,
+                    defense: str = "DIR", classifier: str = "classifier", dataset: str = "unknown") -> list[dict]:
+    """DIR's Eq. 8 (lib.attacks.adaptive.mask_aware_attack) over x in batches: two rows, `scoring` =
+    'known masks' (target(denoiser.restore(x_adv, masks)) with the attacker's own masks) and 'fresh masks'
+    (the deployed defense, `score` over `defense_runs` new draws, worst case).
+
+    The attacker's masks come from seed 2**31 − 1 − seed, which score()'s runs (seed·1000 + r) never use.
+    x: (N, C, H, W) in [0, 1]; `denoiser` needs draw_masks / restore (lib.defenses.dir_denoiser.DIRDenoiser).
+    """
+    start = time.perf_counter()
+    denoiser.reseed(2**31 - 1 - seed)
+    generator = torch.Generator(device=x.device).manual_seed(seed)  # PGD's random start
+    adversarial, known = [], []
+    for xb, yb in zip(x.split(batch_size), y.split(batch_size)):
+        x_adv, masks = mask_aware_attack(denoiser, target, xb, yb, eps=eps, steps=steps, step_size=step_size,
+                                         generator=generator)
+        with torch.no_grad():
+            known.append(target(denoiser.restore(x_adv, masks)).argmax(1) == yb)
+        adversarial.append(x_adv)
+    attack_seconds = time.perf_counter() - start
+    known = torch.cat(known)
+    fresh = score(denoiser, target, torch.cat(adversarial), y, runs=defense_runs, seed=seed)
+    common = dict(defense=defense, classifier=classifier, threat_model="mask-aware (Eq. 8)", attack="pgd", eps=eps,
+                  steps=steps, step_size=step_size, n=len(y), dataset=dataset, seed=seed)
+    return [result_row(**common, correct=int(known.sum()), seconds=attack_seconds, scoring="known masks",
+                       defense_runs=1, accuracy_mean_run=float(known.float().mean())),
+            result_row(**common, correct=int(fresh["worst"].sum()), seconds=time.perf_counter() - start,
+                       scoring=f"fresh masks (worst of {fresh['runs']} runs)", defense_runs=fresh["runs"],
+                       accuracy_mean_run=float(fresh["mean"].mean()))]
+
+
+def stored_set_rows(defenses: Mapping[str, nn.Module | None], target: nn.Module, sets: dict[str, AdversarialSet], *,
+                  classifier: str, dataset: str, seed: int = 0, device="cpu", batch_size: int = 250) -> list[dict]:
+    """`lib.eval.stored_sets.evaluate_test_sets` for each named defense in order, in front of one target:
+    clean, then every stored set and ε (HGD's Tables 2-5; rows with test_set and denoising_loss)."""
+    return [row for name, purifier in defenses.items()
+            for row in evaluate_test_sets(purifier, target, sets, defense=name, classifier_name=classifier,
+                                          dataset=dataset, seed=seed, device=device, batch_size=batch_size)]
+
+
+# ------------------------------------------------------------------------------------------------ reading rows
+def pick(frame: pd.DataFrame, **where) -> pd.Series:
+    """The one row of `frame` whose columns equal `where` (floats within 1e-6, so eps=8/255 matches).
+
+    A LookupError names the condition and, when nothing matches, the values each column does hold.
+    """
+    mask = np.ones(len(frame), dtype=bool)
+    for column, value in where.items():
+        if column not in frame.columns:
+            raise KeyError(f"pick: no column {column!r}; the frame has {list(frame.columns)}")
+        values = frame[column]
+        if isinstance(value, float) and pd.api.types.is_numeric_dtype(values) and not isinstance(value, bool):
+            mask &= np.isclose(values.to_numpy(dtype=float), value, rtol=0, atol=1e-6)
+        else:
+            mask &= (values == value).to_numpy()
+    found = int(mask.sum())
+    if found != 1:
+        held = "" if found else "; the frame holds " + ", ".join(
+            f"{c}: {list(dict.fromkeys(frame[c]))[:12]}" for c in where)
+        raise LookupError(f"{found} rows match {where} (expected exactly one){held}")
+    return frame[mask].iloc[0]
+
+
+def percent_table(frame: pd.DataFrame, index: str | list[str], columns: Sequence[str] = (),
+                  value: str = "accuracy") -> pd.DataFrame:
+    """`columns` of each row by `index`, then `value` in % (2 decimals) and its 95% interval '[lo, hi]' in %."""
+    out = frame.set_index(index)[list(columns)].copy()
+    out[f"{value} %"] = (100 * frame[value]).round(2).to_numpy()
+    out["95% CI"] = [f"[{100 * lo:.1f}, {100 * hi:.1f}]" for lo, hi in zip(frame.ci_low, frame.ci_high)]
+    return out
+
+
+def attack_table(frame: pd.DataFrame, labels: Mapping[str, str] = ATTACK_LABELS,
+                 shared: Sequence[str] = ("none", "autoattack")) -> pd.DataFrame:
+    """DIR's Table 1 layout: one line per (defense, threat model), accuracy in % (2 decimals) per attack.
+
+    The rows of the `shared` attacks (natural accuracy, standard AutoAttack: one per defense, whatever the
+    threat model) appear on every line of their defense; `autoattack_rand` (EOT inside APGD) goes on the
+    `white-box+eot` line. Columns are `labels` of the attacks, in the order of `labels`.
+    """
+    frame = frame.copy()
+    frame["threat"] = np.where(frame.attack.isin(list(shared)), "", frame.threat_model)
+    frame.loc[frame.attack == "autoattack_rand", "threat"] = "white-box+eot"
+    frame["column"] = frame.attack.map(lambda a: labels.get(a, a))
+    table = {}
+    for defense, part in frame.groupby("defense", sort=False):
+        base = part[part.threat == ""].set_index("column").accuracy
+        for threat_model in [t for t in dict.fromkeys(part.threat) if t] or ["white-box"]:
+            line = dict(base)
+            line.update(part[part.threat == threat_model].set_index("column").accuracy)
+            table[(defense, threat_model)] = line
+    out = pd.DataFrame(table).T * 100
+    out.index.names = ["defense", "threat model"]
+    order = list(dict.fromkeys(labels.values())) + [c for c in out.columns if c not in labels.values()]
+    return out[[c for c in order if c in out]].round(2)
+
+
+def threat_setting(threat_model: str) -> str:
+    """'clean' (no attack), 'oblivious', 'transfer', or 'adaptive' (the attacker sees the purifier)."""
+    return {"none": "clean", "oblivious": "oblivious", "transfer": "transfer"}.get(threat_model, "adaptive")
+
+
+def setting_table(frame: pd.DataFrame, index: str | list[str] = "defense", columns: Sequence[str] = (),
+                  value: str = "accuracy", aggfunc="min") -> pd.DataFrame:
+    """`value` per `index` and setting (clean / oblivious / transfer / adaptive, see `threat_setting`), under
+    the optional outer `columns` (e.g. classifier). Several rows in one cell (two adaptive attacks) give
+    `aggfunc` of them: the worst case by default. Index and outer columns keep their order of appearance."""
+    f = frame.assign(setting=frame.threat_model.map(threat_setting))
+    wide = f.pivot_table(index=index, columns=[*columns, "setting"], values=value, aggfunc=aggfunc, sort=False)
+    settings = [s for s in SETTINGS if s in set(f.setting)]
+    if not columns:
+        return wide[settings]
+    outer = [list(dict.fromkeys(f[c])) for c in columns]
+    return wide.reindex(columns=pd.MultiIndex.from_product([*outer, settings], names=[*columns, "setting"]))
+
+
+def accuracy_columns(frame: pd.DataFrame, index: str, attacks: Mapping[str, str] | None = None) -> pd.DataFrame:
+    """One line per `index` value: 'ours <label>' (accuracy, 3 decimals) and 'ours <label> CI' per attack
+    (attacks: {attack: label}, default natural and PGD)."""
+    table = {}
+    for attack, label in (attacks or {"none": "natural", "pgd": "PGD"}).items():
+        part = frame[frame.attack == attack].set_index(index)
+        table[f"ours {label}"] = part.accuracy.round(3)
+        table[f"ours {label} CI"] = [f"[{lo:.3f}, {hi:.3f}]" for lo, hi in zip(part.ci_low, part.ci_high)]
+    return pd.DataFrame(table)
+
+
+def side_by_side(ours: pd.DataFrame, paper: pd.DataFrame, *, percent: bool = True, digits: int | None = None,
+                 labels: tuple[str, str] = ("ours", "paper"), paper_names: Mapping[str, str] | None = None
+                 ) -> pd.DataFrame:
+    """Our table (rows × columns) above the paper's with the same columns, one block each (index level 'source').
+
+    percent: ours holds fractions and the paper percentages (ours ×100, 1 decimal; else 4 decimals unless
+    `digits`). paper_names renames the paper's row labels to ours, so that the blocks line up.
+    """
+    digits = (1 if percent else 4) if digits is None else digits
+    ours = (ours * 100 if percent else ours).round(digits)
+    paper = paper.rename(index=dict(paper_names or {})).reindex(columns=ours.columns)
+    return pd.concat({labels[0]: ours, labels[1]: paper}, names=["source", *ours.index.names])
+
+
+# ------------------------------------------------------------------------------------------------------- claims
+def collapsed_models(frame: pd.DataFrame, n_classes: int) -> dict[tuple[str, str], float]:
+    """{(defense, classifier): natural accuracy} of the models whose clean row is below twice chance
+    (lib.core.results.is_collapsed): their accuracy under attack is the luck of one answer, not robustness."""
+    clean = frame[frame.attack == "none"].groupby(["defense", "classifier"], sort=False).accuracy.first()
+    return {key: float(acc) for key, acc in clean.items() if is_collapsed(acc, n_classes)}
+
+
+def verdict(holds: bool, checked: bool = True) -> str:
+    """'yes' / 'no', or 'not checked at smoke' when the numbers mean nothing (checked=False)."""
+    return ("yes" if holds else "no") if checked else "not checked at smoke"
+
+
+def claim_between(claim: str, paper: str, a, b, *, checked: bool = True,
+                  collapsed: Iterable[tuple[str, str]] = (), label: str = "defense") -> dict:
+    """lib.core.results.claim_line for rows a and b: does a beat b, are their intervals apart? No verdict
+    when a or b is a collapsed model ((defense, classifier) in `collapsed`), which is named by its `label`."""
+    collapsed = set(collapsed)
+    names = [row[label] for row in (a, b) if (row["defense"], row["classifier"]) in collapsed]
+    return claim_line(claim, paper, a, b, checked=checked, collapsed=names)
+
+
+def training_summary(records: Mapping[str, dict]) -> pd.DataFrame:
+    """One line per named model record (lib.core.cache): from cache, train seconds, training examples,
+    loss by epoch (4 decimals) when the record's metrics have them."""
+    lines = []
+    for name, record in records.items():
+        metrics = record["metrics"]
+        line = {"model": name, "from cache": record["cached"], "train seconds": round(metrics["train_seconds"], 1)}
+        for key in ("train_pairs", "train_images"):
+            if key in metrics:
+                line[key.replace("_", " ")] = metrics[key]
+        if "epoch_losses" in metrics:
+            line["loss by epoch"] = [round(v, 4) for v in metrics["epoch_losses"]]
+        lines.append(line)
+    return pd.DataFrame(lines).set_index("model")
