@@ -90,7 +90,13 @@ def _notebook_defs(path: Path) -> list[str]:
 PLOTTING_PREFIXES = ("plot_", "show_", "draw_")
 
 
-@pytest.mark.parametrize("path", sorted((REPO / "notebooks").glob("*.ipynb")), ids=lambda p: p.stem)
+# notebooks whose protocol code has not moved to lib yet (strict: the entry must go once it has)
+PROTOCOL_CODE_LEFT = {"dir_ablations"}
+
+
+@pytest.mark.parametrize("path", [pytest.param(p, marks=pytest.mark.xfail(strict=True, reason="protocol code still in "
+                                                "the notebook (issue 16, item 5)")) if p.stem in PROTOCOL_CODE_LEFT
+                                  else p for p in sorted((REPO / "notebooks").glob("*.ipynb"))], ids=lambda p: p.stem)
 def test_notebooks_define_only_plotting_helpers(path):
     protocol = [n for n in _notebook_defs(path) if not n.startswith(PLOTTING_PREFIXES)]
     assert not protocol, (f"{path.name} defines {protocol}: protocol code belongs in lib (lib.eval.protocols); a "
