@@ -71,7 +71,7 @@ def test_defense_rows_default_threat_model_autoattack_and_no_clean_row(shapes_mo
                           ["pgd"], eps=8 / 255, steps=2, clean=False, eot_samples=2, autoattack=2, autoattack_rand=1,
                           seed=0, extra_column="x")
     assert [(r["defense"], r["threat_model"], r["attack"], r["n"]) for r in rows] == [
-        ("bits", "bpda", "pgd", 6), ("bits", "white-box", "autoattack", 2),
+        ("bits", "bpda", "pgd", 6), ("bits", "bpda", "autoattack", 2),
         ("noise", "white-box+eot", "pgd", 6), ("noise", "white-box", "autoattack_rand", 1)]
     assert all(r["extra_column"] == "x" for r in rows)
     named = P.defense_rows({"noise": GaussianNoise(0.05, seed=1)}, model, x, y, ["pgd"], eps=8 / 255, steps=2,

@@ -91,7 +91,7 @@ PLOTTING_PREFIXES = ("plot_", "show_", "draw_")
 
 
 # notebooks whose protocol code has not moved to lib yet (strict: the entry must go once it has)
-PROTOCOL_CODE_LEFT = {"dir_ablations"}
+PROTOCOL_CODE_LEFT: set[str] = set()
 
 
 @pytest.mark.parametrize("path", [pytest.param(p, marks=pytest.mark.xfail(strict=True, reason="protocol code still in "

@@ -15,7 +15,8 @@
 | `mask_aware_rows` | DIR's Eq. 8 attack, scored with the attacker's masks and with fresh ones |
 | `stored_set_rows` | each defense on stored adversarial test sets (HGD's Tables 2-5) |
 | `pick` | the one row of a frame matching column values (an error on none or several) |
-| `percent_table`, `attack_table`, `setting_table`, `accuracy_columns` | pivots of result rows |
+| `percent_table`, `attack_table`, `accuracy_columns` | pivots of result rows (% with intervals; DIR's Table 1 layout) |
+| `threat_setting`, `setting_table` | clean / oblivious / transfer / adaptive, and accuracy per defense and setting |
 | `side_by_side` | our table above the paper's (lib.core.reference) with the same columns |
 | `collapsed_models`, `claim_between`, `verdict` | the claims tables: does row a beat row b, no verdict on a collapsed model |
 | `training_summary` | one line per trained model record (from cache, seconds, loss by epoch) |
@@ -109,9 +110,9 @@ def defense_rows(defenses: Mapping[str, nn.Module | None], target: nn.Module, x:
     `threat_models(purifier)` when callable (e.g. `white_box_and_eot`), the given name(s), or
     `lib.eval.sanity.default_threat_model` when None (white-box, BPDA for a non-differentiable purifier,
     +EOT for a random one). EOT threat models average `eot_samples` gradients per step and run only the
-    attacks in `eot_attacks` (None: all). AutoAttack is the standard version under `white-box` for a
-    deterministic purifier, and the `rand` version (EOT over 20 draws inside APGD) on the first
-    `autoattack_rand` images (None: `autoattack`) for a random one. x: (N, C, H, W) in [0, 1], y: (N,).
+    attacks in `eot_attacks` (None: all). AutoAttack attacks through the purifier (`white-box`, or `bpda`
+    for a non-differentiable one): the standard version for a deterministic purifier, the `rand` version
+    (EOT over 20 draws inside APGD) on the first `autoattack_rand` images (None: `autoattack`) for a random one. x: (N, C, H, W) in [0, 1], y: (N,).
 
     keep: a dict that receives the adversarial images of the attacks in `keep_attacks`, keyed
     (defense, threat_model, attack). Rows are lib.core.results rows (accuracy a fraction) with `extra` columns.
@@ -134,10 +135,10 @@ def defense_rows(defenses: Mapping[str, nn.Module | None], target: nn.Module, x:
                     keep[(name, threat_model, attack)] = x_adv
         random = is_randomized(purifier)
         n_aa = min(autoattack if not random or autoattack_rand is None else autoattack_rand, len(y))
-        if n_aa:
+        if n_aa:  # through the purifier (BPDA when it is not differentiable); the rand version does its own EOT
             rows.append(evaluate(purifier, target, x[:n_aa], y[:n_aa], attack="autoattack_rand" if random else
-                                 "autoattack", threat_model="white-box", eps=eps, defense_runs=defense_runs,
-                                 defense=name, **tag))
+                                 "autoattack", threat_model=default_threat_model(purifier or Identity()).replace(
+                                     "+eot", ""), eps=eps, defense_runs=defense_runs, defense=name, **tag))
     return rows
 
 
@@ -193,7 +194,7 @@ def pick(frame: pd.DataFrame, **where) -> pd.Series:
         if column not in frame.columns:
             raise KeyError(f"pick: no column {column!r}; the frame has {list(frame.columns)}")
         values = frame[column]
-        if isinstance(value, float) and pd.api.types.is_numeric_dtype(values) and not isinstance(value, bool):
+        if isinstance(value, float) and pd.api.types.is_numeric_dtype(values):
             mask &= np.isclose(values.to_numpy(dtype=float), value, rtol=0, atol=1e-6)
         else:
             mask &= (values == value).to_numpy()
