@@ -82,3 +82,24 @@ def reseed(purifier: nn.Module, seed: int) -> None:
     for module in purifier.modules():
         if isinstance(module, Purifier):
             module.reseed(seed)
+
+
+@torch.no_grad()
+def purify_batched(purifier: nn.Module | None, x: torch.Tensor, batch_size: int = 256,
+                   seed: int | None = None) -> torch.Tensor:
+    """purifier(x) over batches of `batch_size`, in eval mode and without gradients; None is the identity.
+
+    x: (N, C, H, W) in [0, 1] → (N, C', H', W'). seed: reseed a random purifier first (`reseed`), so the same
+    call gives the same images; its draws then run on through the batches in order. The purifier's
+    train/eval mode is restored afterwards.
+    """
+    if purifier is None:
+        return x
+    was_training = purifier.training
+    purifier.eval()
+    if seed is not None:
+        reseed(purifier, seed)
+    try:
+        return torch.cat([purifier(part) for part in x.split(batch_size)])
+    finally:
+        purifier.train(was_training)

@@ -35,7 +35,7 @@ from torch import nn
 
 from lib.attacks.adaptive import mask_aware_attack
 from lib.attacks.attack_sets import AdversarialSet
-from lib.core.purifiers import Identity, is_randomized, reseed
+from lib.core.purifiers import Identity, is_randomized, purify_batched, reseed  # noqa: F401 (purify_batched: re-exported for the notebooks)
 from lib.core.results import claim_line, is_collapsed, result_row
 from lib.core.settings import Scale
 from lib.eval.evaluation import clean_row, evaluate, score
@@ -65,21 +65,6 @@ def check_n_eval(n_eval: int | None, scale: Scale, default: int | None = None) -
     return int(n_eval)
 
 
-@torch.no_grad()
-def purify_batched(purifier: nn.Module | None, x: torch.Tensor, batch_size: int = 256,
-                   seed: int | None = None) -> torch.Tensor:
-    """purifier(x) over batches of `batch_size`, in eval mode and without gradients; None is the identity.
-
-    x: (N, C, H, W) in [0, 1] → (N, C', H', W'). seed: reseed a random purifier first
-    (lib.core.purifiers.reseed), so that the same call gives the same images; its draws then run on
-    through the batches in order.
-    """
-    if purifier is None:
-        return x
-    purifier.eval()
-    if seed is not None:
-        reseed(purifier, seed)
-    return torch.cat([purifier(part) for part in x.split(batch_size)])
 
 
 # --------------------------------------------------------------------------------------------- rows from attacks

@@ -14,14 +14,10 @@ import torch
 from torch import nn
 
 from lib.attacks.attack_sets import TEST_ATTACKS, AdversarialSet
+from lib.core.purifiers import purify_batched
 from lib.core.results import result_row
 
 
-@torch.no_grad()
-def _purify(purifier: nn.Module | None, x: torch.Tensor, batch_size: int) -> torch.Tensor:
-    if purifier is None:
-        return x
-    return torch.cat([purifier(part) for part in x.split(batch_size)])
 
 
 @torch.no_grad()
@@ -42,7 +38,7 @@ def evaluate_test_sets(purifier: nn.Module | None, classifier: nn.Module, sets: 
     start = time.perf_counter()
     x = first.clean.to(device).float().div_(255)
     y = first.clean_labels.to(device)
-    x_hat = _purify(purifier, x, batch_size)
+    x_hat = purify_batched(purifier, x, batch_size)
     correct = sum(int((classifier(a).argmax(1) == b).sum()) for a, b in zip(x_hat.split(batch_size), y.split(batch_size)))
     rows.append(result_row(defense=defense, classifier=classifier_name, dataset=dataset, threat_model="none",
                            attack="none", eps=0.0, steps=0, step_size=0.0, correct=correct, n=len(y), seed=seed,
@@ -55,7 +51,7 @@ def evaluate_test_sets(purifier: nn.Module | None, classifier: nn.Module, sets: 
             correct, loss_sum, count = 0, 0.0, 0
             for idx in torch.arange(len(part)).split(batch_size):
                 x, x_adv, y = part.tensors(idx, device)
-                x_hat = _purify(purifier, x_adv, batch_size)
+                x_hat = purify_batched(purifier, x_adv, batch_size)
                 correct += int((classifier(x_hat).argmax(1) == y).sum())
                 loss_sum += float((x_hat - x).abs().sum())
                 count += x.numel()
