@@ -205,3 +205,22 @@ def test_scale_parameter_and_unknown_scale_exit(repo):
                                         ("0.5/2", 0.25), ("1/0", "1/0"), ("a/255", "a/255"), ("[1, 2]", [1, 2])])
 def test_parse_value(text, value):
     assert parse_value(text) == value and type(parse_value(text)) is type(value)
+
+
+def test_budget_flags_count_trained_models_and_compare_with_the_quick_budget(repo, tmp_path, monkeypatch, capsys):
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    monkeypatch.setenv("PURIFY_CACHE", str(cache))
+    assert reproduce.cached_models() == set()
+    (cache / "classifier-0123.pt").write_bytes(b"x")
+    assert reproduce.cached_models() == {"classifier-0123.pt"}
+    # warm: 6 minutes a notebook, 30 for all; cold (a model was trained): 10 and 45
+    assert reproduce.over_budget("quick", 5.9 * 60, cold=False) == ""
+    assert "6-minute warm" in reproduce.over_budget("quick", 6.1 * 60, cold=False)
+    assert reproduce.over_budget("quick", 9 * 60, cold=True) == ""
+    assert "10-minute cold" in reproduce.over_budget("quick", 11 * 60, cold=True)
+    assert "45-minute cold" in reproduce.over_budget("quick", 46 * 60, cold=True, what="total")
+    assert reproduce.over_budget("smoke", 1e6, cold=True) == ""  # no budget at smoke
+    assert main(["--scale", "smoke", "--only", "tiny", *KERNEL]) == 0
+    summary = capsys.readouterr().out.split("models trained")[1]
+    assert "tiny" in summary and "total" in summary and "OVER" not in summary

@@ -18,6 +18,11 @@ default value (`-p seed 0`) is the default run.
 strings. Each is checked against the notebook's default before anything runs: an unknown key, or a value of
 the wrong type ("parameter 'seed' expects an int, got 'abc'"), rejects the notebook without executing it
 (an int is accepted where a float is expected; a default of None accepts anything).
+
+At `quick` the driver checks the budget of ../shared/DESIGN.md on 2 CPU cores: 6 minutes a notebook warm
+(every model it needs already in the cache) and 10 cold, 30 minutes for all warm and 45 cold. A notebook is
+counted cold when it trained (saved) a model into the cache ($PURIFY_CACHE); the summary prints each notebook's
+time, how many models it trained, and flags every notebook (and the total) over its budget.
 """
 from __future__ import annotations
 
@@ -32,10 +37,29 @@ import time
 from pathlib import Path
 from typing import NamedTuple
 
+from lib.core.cache import default_root as default_cache_root
 from lib.core.provenance import REPO
 from lib.core.settings import SCALES
 
 NOTEBOOKS = REPO / "notebooks"
+
+
+# scale -> (warm, cold) budgets in seconds, per notebook and for a whole run
+BUDGETS = {"quick": {"notebook": (6 * 60, 10 * 60), "total": (30 * 60, 45 * 60)}}
+
+
+def cached_models() -> set[str]:
+    """File names of the models in the cache folder (to count what a notebook trained)."""
+    root = default_cache_root()
+    return {p.name for p in root.glob("*.pt")} if root.is_dir() else set()
+
+
+def over_budget(scale: str, seconds: float, cold: bool, what: str = "notebook") -> str:
+    """'' if within the scale's budget (or the scale has none), else a short flag naming the budget."""
+    if scale not in BUDGETS:
+        return ""
+    limit = BUDGETS[scale][what][1 if cold else 0]
+    return f"OVER the {limit / 60:.0f}-minute {'cold' if cold else 'warm'} budget" if seconds > limit else ""
 
 
 def available_notebooks() -> list[str]:
@@ -236,8 +260,10 @@ def main(argv: list[str] | None = None) -> int:
     summary = []
     for name in selected:
         print(f"[{args.scale}] {name} ...", flush=True)
+        before = cached_models()
         result = run_notebook(name, args.scale, parameters, args.kernel)
-        summary.append((name, "ok" if result.ok else "FAILED", result.seconds, result.message))
+        trained = len(cached_models() - before)
+        summary.append((name, "ok" if result.ok else "FAILED", result.seconds, trained))
         if result.ok:
             print(f"  wrote {_shown(result.notebook)}", flush=True)
         elif result.failed_notebook is not None:
@@ -246,10 +272,14 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"  failed: {result.message}\n  (nothing was run and nothing was written)", flush=True)
 
-    width = max(len(n) for n, *_ in summary)
-    print(f"\n{'notebook':<{width}}  status  seconds")
-    for name, status, seconds, _ in summary:
-        print(f"{name:<{width}}  {status:<6}  {seconds:7.1f}")
+    width = max(len(n) for n, *_ in summary + [("total",)])
+    print(f"\n{'notebook':<{width}}  status  minutes  models trained")
+    for name, status, seconds, trained in summary:
+        flag = over_budget(args.scale, seconds, trained > 0)
+        print(f"{name:<{width}}  {status:<6}  {seconds / 60:7.1f}  {trained:14d}  {flag}")
+    total, trained_total = sum(s for _, _, s, _ in summary), sum(t for *_, t in summary)
+    flag = over_budget(args.scale, total, trained_total > 0, "total") if not args.only else ""
+    print(f"{'total':<{width}}  {'':<6}  {total / 60:7.1f}  {trained_total:14d}  {flag}")
     return 0 if all(s == "ok" for _, s, _, _ in summary) else 1
 
 
