@@ -53,20 +53,29 @@ def is_collapsed(natural_accuracy: float, n_classes: int) -> bool:
 
 
 def claim_line(claim: str, paper: str, a, b, *, checked: bool = True, collapsed=()) -> dict:
-    """One line of a notebook's claims table: does row a beat row b, and are their intervals apart?
+    """One line of a notebook's claims table: does row a beat row b beyond the sampling noise?
 
-    checked=False (smoke scale, where the numbers mean nothing) and a non-empty `collapsed` (the names of the
-    collapsed models among the two) give no verdict.
+    `holds here` is "yes" (a above b, intervals apart), "no" (b at or above a, intervals apart) or "cannot tell
+    at this size" (the 95% intervals overlap: more images are needed to decide). `± points` is the larger
+    half-width of the two intervals (about 7 at 200 images near 50%). checked=False (smoke scale, where the
+    numbers mean nothing) and a non-empty `collapsed` (the names of the collapsed models among the two) give
+    no verdict.
     """
+    apart = intervals_apart(a, b)
     line = {"claim": claim, "paper": paper, "ours (first)": accuracy_with_interval(a),
             "ours (second)": accuracy_with_interval(b),
-            "holds here": "yes" if a["accuracy"] > b["accuracy"] else "no",
-            "intervals apart": "yes" if intervals_apart(a, b) else "no"}
+            "holds here": ("yes" if a["accuracy"] > b["accuracy"] else "no") if apart else "cannot tell at this size",
+            "intervals apart": "yes" if apart else "no", "± points": round(100 * max(half_width(a), half_width(b)), 1)}
     if not checked:
         line.update({"holds here": "not checked at smoke", "intervals apart": "-"})
     elif collapsed:
         line.update({"holds here": f"no verdict: {' and '.join(collapsed)} collapsed", "intervals apart": "-"})
     return line
+
+
+def half_width(row) -> float:
+    """The larger distance from a row's accuracy to an end of its 95% interval (a fraction)."""
+    return max(row["accuracy"] - row["ci_low"], row["ci_high"] - row["accuracy"])
 
 
 def rows_frame(rows: list[dict]) -> pd.DataFrame:
