@@ -2,8 +2,10 @@
 
 `quick_run_specs()` calls the getters the way the notebooks do, with `ModelCache.load_or_train` replaced by a
 dry version that records each spec and hands back the freshly built, untrained model. The hashes it yields
-are compared with `tests/data/quick_spec_hashes.json` (written before lib was reorganised into packages): a
-change that alters any of them would invalidate every user's cache and retrain the model.
+are compared with `tests/data/quick_spec_hashes.json`: a change that alters any of them invalidates every user's
+cache and retrains the model, so it must be deliberate. The file was written before lib was reorganised into
+packages (which changed none), and rewritten when quick moved to a width-8 target and ε warm-up for PGD-AT
+(`python tests/quick_specs.py > tests/data/quick_spec_hashes.json`; say why in the commit).
 `quick_run_specs(dry=False)` trains them for real (into $PURIFY_CACHE), in the order the notebooks need them.
 """
 from __future__ import annotations

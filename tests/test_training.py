@@ -124,12 +124,13 @@ def test_eps_warmup_ramps_the_inner_attack_and_is_validated():
         Recipe(name="mart", eps_warmup=1.0)
 
 
-def test_mart_warms_up_only_in_short_schedules_and_old_specs_keep_their_hash():
-    assert recipe_for("mart", get_scale("quick")).eps_warmup == 0.3
-    assert recipe_for("mart", get_scale("paper")).eps_warmup == 0.0  # the paper's MART, unchanged
-    assert recipe_for("pgd_at", get_scale("quick")).eps_warmup == 0.0
-    assert "eps_warmup" not in classifier_spec("shapes10", "pgd_at", get_scale("quick"), 0)["recipe"]
-    assert classifier_spec("shapes10", "mart", get_scale("quick"), 0)["recipe"]["eps_warmup"] == 0.3
+def test_pgd_at_and_mart_warm_up_only_in_short_schedules_and_old_specs_keep_their_hash():
+    for name in ("pgd_at", "mart"):
+        assert recipe_for(name, get_scale("quick")).eps_warmup == 0.3
+        assert recipe_for(name, get_scale("paper")).eps_warmup == 0.0  # the papers' recipes, unchanged
+        assert classifier_spec("shapes10", name, get_scale("quick"), 0)["recipe"]["eps_warmup"] == 0.3
+    assert recipe_for("trades", get_scale("quick")).eps_warmup == 0.0
+    assert "eps_warmup" not in classifier_spec("shapes10", "trades", get_scale("quick"), 0)["recipe"]
 
 
 # --- the zoo -----------------------------------------------------------------------------------------

@@ -48,9 +48,11 @@ SCALES: dict[str, Scale] = {
         epochs=1, batch_size=128, lr=0.1, robust_epochs=1, robust_steps=2,
         attack_steps=3, eot_samples=2, defense_runs=2,
     ),
-    # the paper's trends on the embedded data, minutes on 2 CPU cores
+    # the paper's trends on the embedded data, minutes on 2 CPU cores. Width 8, not 16: on shapes10 it reaches
+    # the same clean accuracy (0.98-0.99) and PGD-AT 0.58 at PGD-20 (width 16 gave 0.48), at a third of the
+    # cost of every attack and training step (1600 vs 500 images/s for a forward-backward pass on 2 cores)
     "quick": Scale(
-        name="quick", n_train=10_000, n_test=1_000, n_eval=500, classifier="resnet_small", width=16,
+        name="quick", n_train=10_000, n_test=1_000, n_eval=500, classifier="resnet_small", width=8,
         epochs=6, batch_size=128, lr=0.2, robust_epochs=6, robust_steps=3,
         attack_steps=20, eot_samples=10, defense_runs=3,
     ),
