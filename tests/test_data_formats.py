@@ -215,29 +215,98 @@ def test_mnist_reads_the_unpacked_files_not_the_gz(tmp_path):
         D.load_dataset("mnist", "test", tmp_path)
 
 
+def _write_folder(root: Path, rng, size: int = 32, counts=(("cat", 2), ("ant", 1), ("bee", 2)),
+                  splits=("train", "test")) -> dict:
+    """root/<split>/<class>/img<i>.png at size × size. Returns {(split, class, i): HWC uint8}."""
+    written = {}
+    for split in splits:
+        for cls, n in counts:
+            (root / split / cls).mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                hwc = rng.integers(0, 256, size=(size, size, 3), dtype=np.uint8)
+                Image.fromarray(hwc).save(root / split / cls / f"img{i}.png")
+                written[(split, cls, i)] = hwc
+    return written
+
+
 def test_imagefolder_round_trip(tmp_path):
-    """PNGs at 37 px: Resize(round(32 / 0.875) = 37) leaves them alone, CenterCrop(32) takes [2:34, 2:34]."""
-    rng = np.random.default_rng(3)
-    written = {}  # (class, file) → HWC uint8
-    for cls, n in (("cat", 2), ("ant", 1), ("bee", 2)):
-        (tmp_path / "train" / cls).mkdir(parents=True)
-        for i in range(n):
-            hwc = rng.integers(0, 256, size=(37, 37, 3), dtype=np.uint8)
-            Image.fromarray(hwc).save(tmp_path / "train" / cls / f"img{i}.png")
-            written[(cls, i)] = hwc
+    """PNGs already at image_size come back exactly, in ImageFolder's order (sorted classes, then files)."""
+    from lib.core.image_folder import FolderData
+
+    written = _write_folder(tmp_path, np.random.default_rng(3))
     ds = D.load_dataset("imagefolder", "train", tmp_path, image_size=32)
-    assert isinstance(ds, D.FolderData) and len(ds) == 5
-    assert ds.classes == ("ant", "bee", "cat")  # ImageFolder: sorted folder names → label indices
-    expected = [(cls, i) for cls in ds.classes for i in range(2) if (cls, i) in written]  # ImageFolder order
+    assert isinstance(ds, FolderData) and len(ds) == 5
+    assert ds.classes == ("ant", "bee", "cat")  # sorted folder names → label indices
+    assert ds.info == D.DatasetInfo(3, 32, 3, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    expected = [(cls, i) for cls in ds.classes for i in range(2) if ("train", cls, i) in written]
+    decoded = ds.subset(None)  # everything, decoded: an ImageData like every other dataset's
+    assert isinstance(decoded, D.ImageData) and decoded.images.dtype == torch.uint8 and decoded.info == ds.info
     for k, (cls, i) in enumerate(expected):
-        x, y = ds.dataset[k]
-        assert x.dtype == torch.float32 and tuple(x.shape) == (3, 32, 32)
-        assert y == ds.classes.index(cls)
-        back = (x * 255).round().to(torch.uint8)
-        assert torch.equal(back, torch.from_numpy(written[(cls, i)][2:34, 2:34]).permute(2, 0, 1))
-    batches = list(D.iterate_batches(ds, 2))
-    assert [b[0].shape[0] for b in batches] == [2, 2, 1]
-    assert torch.cat([b[1] for b in batches]).tolist() == [0, 1, 1, 2, 2]
+        assert decoded.labels[k] == ds.classes.index(cls)
+        assert torch.equal(decoded.images[k], torch.from_numpy(written[("train", cls, i)]).permute(2, 0, 1))
+        x, y = ds[k]
+        assert x.dtype == torch.float32 and torch.equal(x, decoded.images[k].float() / 255) and y == decoded.labels[k]
+    assert decoded.labels.tolist() == ds.labels.tolist() == [0, 1, 1, 2, 2]
+    # subset picks the images ImageData.subset picks; iterate_batches streams them in the in-memory order
+    assert torch.equal(ds.subset(3, seed=4).images, decoded.subset(3, seed=4).images)
+    assert torch.equal(ds.tensors()[0], decoded.tensors()[0])
+    for shuffle in (False, True):
+        streamed = list(D.iterate_batches(ds, 2, shuffle=shuffle, seed=1))
+        in_memory = list(D.iterate_batches(decoded, 2, shuffle=shuffle, seed=1))
+        assert [b[0].shape[0] for b in streamed] == [2, 2, 1]
+        assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(streamed, in_memory))
+    assert [len(y) for _, y in D.iterate_batches(ds, 2, drop_last=True)] == [2, 2]
+
+
+def test_imagefolder_resizes_to_image_size(tmp_path):
+    """Shorter side to image_size, central square kept; grayscale and palette images become RGB."""
+    (tmp_path / "train" / "a").mkdir(parents=True)
+    Image.new("RGB", (60, 40), (10, 200, 30)).save(tmp_path / "train" / "a" / "wide.png")
+    Image.new("L", (20, 20), 77).save(tmp_path / "train" / "a" / "gray.png")
+    Image.new("P", (64, 64), 3).save(tmp_path / "train" / "a" / "palette.png")
+    ds = D.load_dataset(str(tmp_path), "train", image_size=16)  # the folder's path as the dataset
+    images = ds.subset(None).images
+    assert images.shape == (3, 3, 16, 16) and ds.info.size == 16
+    by_name = dict(zip(["gray", "palette", "wide"], images))  # sorted file names
+    assert (by_name["wide"] == torch.tensor([10, 200, 30]).view(3, 1, 1)).all()
+    assert (by_name["gray"] == 77).all()
+    assert D.load_dataset(str(tmp_path), "train").subset(1).images.shape[-1] == D.DEFAULT_IMAGE_SIZE
+
+
+def test_imagefolder_decodes_only_what_fits(tmp_path, monkeypatch):
+    from lib.core import image_folder
+
+    _write_folder(tmp_path, np.random.default_rng(0), splits=("test",))
+    ds = D.load_dataset("imagefolder", "test", tmp_path, image_size=32)
+    monkeypatch.setattr(image_folder, "MAX_DECODED_BYTES", 3 * 32 * 32 * 2)  # two images
+    assert len(ds.subset(2)) == 2
+    with pytest.raises(ValueError, match="iterate_batches") as info:
+        ds.subset(3)
+    assert "image_size=32" in str(info.value) and str(tmp_path) in str(info.value)
+    assert sum(len(y) for _, y in D.iterate_batches(ds, 2)) == 5  # streaming has no limit
+
+
+def test_imagefolder_spec_changes_with_the_files(tmp_path):
+    """data_spec: path, classes, files, fingerprint, size; the scan memo notices added and removed files."""
+    _write_folder(tmp_path, np.random.default_rng(0))
+    spec = D.data_spec("imagefolder", tmp_path, image_size=32)
+    assert spec["dataset"] == "imagefolder" and spec["data"]["files"] == {"train": 5, "test": 5}
+    assert spec["data"]["classes"] == ["ant", "bee", "cat"] and spec["data"]["root"] == str(tmp_path.resolve())
+    assert D.data_spec("imagefolder", tmp_path, image_size=64)["data"]["image_size"] == 64
+    extra = tmp_path / "test" / "ant" / "img9.png"
+    Image.new("RGB", (32, 32)).save(extra)
+    grown = D.data_spec("imagefolder", tmp_path, image_size=32)
+    assert grown["data"]["files"]["test"] == 6 and grown["data"]["fingerprint"] != spec["data"]["fingerprint"]
+    extra.unlink()
+    assert D.data_spec("imagefolder", tmp_path, image_size=32) == spec
+    assert D.data_spec("cifar10", tmp_path) == {"dataset": "cifar10"}  # named datasets: the name, as always
+
+
+def test_unreadable_image_names_the_file(tmp_path):
+    (tmp_path / "test" / "a").mkdir(parents=True)
+    (tmp_path / "test" / "a" / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(ValueError, match="broken.png"):
+        D.load_dataset("imagefolder", "test", tmp_path, image_size=8).subset(None)
 
 
 # -------------------------------------------------------------------------------------------- checksums
@@ -298,7 +367,12 @@ def test_missing_dataset_names_root_and_download(tmp_path, name, verify):
 def test_missing_imagefolder_names_the_expected_layout(tmp_path):
     with pytest.raises(FileNotFoundError, match="ImageFolder") as info:
         D.load_dataset("imagefolder", "test", tmp_path)
-    assert str(tmp_path / "test") in str(info.value)
+    assert f"data_root={str(tmp_path)!r}" in str(info.value) and "<folder>/test/<class name>/<image>" in str(info.value)
+    _write_folder(tmp_path, np.random.default_rng(0), splits=("train",))
+    with pytest.raises(FileNotFoundError, match="has no test/ folder"):
+        D.load_dataset("imagefolder", "test", tmp_path)
+    with pytest.raises(FileNotFoundError, match="is not a folder"):
+        D.load_dataset("imagefolder", "test", tmp_path / "nowhere")
 
 
 def test_partial_cifar_is_missing_not_a_checksum_error(tmp_path):

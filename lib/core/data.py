@@ -1,23 +1,41 @@
-"""Datasets behind one function, `load_dataset(name, split, root, download)`.
+"""Datasets behind one function, `load_dataset(name, split, root, download)`, and what models need to know of them.
 
 Small datasets are held in memory as uint8 NCHW tensors and batched without per-image Python work
 (airbench style): the embedded `shapes10`, scikit-learn's `digits`, and torchvision's CIFAR-10,
 CIFAR-100, SVHN and MNIST, read from their official on-disk formats by torchvision's own classes.
-ImageNet-style folders stay on disk and go through torchvision's ImageFolder and a DataLoader.
+Any image folder (`<folder>/<split>/<class>/<image>`: dataset='imagefolder' with data_root=<folder>, or the
+folder's path as the dataset) is read at `image_size` by lib.core.image_folder: lazily, with subsets decoded
+into memory, its class names from its subfolders.
+
+- `dataset_info(dataset, root)`: channels, size, class count and normalisation statistics (a folder's from
+  the folder); `image_shape(dataset)`: channels and size alone, without reading anything; `data_spec(dataset,
+  root)`: what identifies the data in a model spec (`{"dataset": name}` for the named datasets, as always; a
+  folder adds `"data"`: path, classes, files, fingerprint, image size); `check_dataset`: all of a notebook's
+  data arguments checked before any work starts.
+- Data options: `data_root`, `image_size` and `verify_checksums` default to this process's `DataOptions`,
+  which `lib.run.notebook.start_run` sets from the notebook's parameters. So the library code a notebook
+  calls (getters that load data, build classifiers or write model specs) sees the notebook's data without
+  passing the options through every signature; an explicit argument always wins, `using_data_options` sets
+  them for a block of code, and each `start_run` sets all three (absent parameters reset to the defaults).
 """
 from __future__ import annotations
 
 import functools
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 import torch
 
 from lib.core.provenance import REPO
 from lib.core import shapes
+from lib.core.settings import check_count
+
+if TYPE_CHECKING:  # lib.core.image_folder builds on this module's ImageData: imported where needed
+    from lib.core.image_folder import FolderData, FolderIndex
 
 SPLITS = ("train", "test")
 
@@ -38,21 +56,28 @@ INFO: dict[str, DatasetInfo] = {
     "cifar100": DatasetInfo(3, 32, 100, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
     "svhn": DatasetInfo(3, 32, 10, (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970)),
     "mnist": DatasetInfo(1, 28, 10, (0.1307,), (0.3081,)),
-    "imagefolder": DatasetInfo(3, 224, 1000, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
 }
-DATASETS = tuple(INFO)
+DATASETS = (*INFO, "imagefolder")  # imagefolder: any folder, its info read from it (lib.core.image_folder)
+DEFAULT_IMAGE_SIZE = 224  # an image folder's resolution when image_size is not given (ImageNet's)
+_SIZE_HINT = (f"image_size is the side in pixels an image folder is read at, e.g. image_size=32 (-p image_size 32); "
+              f"None reads it at {DEFAULT_IMAGE_SIZE}.")
 SHAPES10_SIZES = {"train": 20_000, "test": 2_000}
 
 
 @dataclass(frozen=True)
 class ImageData:
-    """An in-memory image dataset: uint8 images (N, C, H, W), int64 labels (N,)."""
+    """An in-memory image dataset: uint8 images (N, C, H, W), int64 labels (N,), and its DatasetInfo."""
 
     name: str
     split: str
     images: torch.Tensor
     labels: torch.Tensor
     classes: tuple[str, ...]
+    info: DatasetInfo | None = None  # None: the named dataset's, INFO[name] (a decoded folder passes its own)
+
+    def __post_init__(self):
+        if self.info is None:
+            object.__setattr__(self, "info", dataset_info(self.name))
 
     def __len__(self) -> int:
         return self.labels.numel()
@@ -60,26 +85,176 @@ class ImageData:
     def __getitem__(self, i):
         return self.images[i].float() / 255, self.labels[i]
 
-    @property
-    def info(self) -> DatasetInfo:
-        return dataset_info(self.name)
+    def take(self, idx: torch.Tensor) -> "ImageData":
+        """The images at the indices idx."""
+        return replace(self, images=self.images[idx], labels=self.labels[idx])
 
     def subset(self, n: int | None, seed: int = 0) -> "ImageData":
         """The first n images of a seeded permutation (all of them when n is None or larger)."""
         if n is None or n >= len(self):
             return self
-        idx = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:n]
-        return replace(self, images=self.images[idx], labels=self.labels[idx])
+        return self.take(torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:n])
 
     def tensors(self, device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
         """All images as floats in [0, 1] and the labels, on a device."""
         return self.images.to(device).float().div_(255), self.labels.to(device)
 
 
-def dataset_info(name: str) -> DatasetInfo:
-    if name not in INFO:
-        raise ValueError(f"Unknown dataset {name!r}: choose one of {list(DATASETS)}.")
-    return INFO[name]
+@dataclass(frozen=True)
+class DataOptions:
+    """This process's defaults for load_dataset's data_root, image_size and verify_checksums (module docstring).
+
+    root: where the real datasets live, or the image folder for dataset='imagefolder' (None: $PURIFY_DATA_ROOT,
+    else ./data). image_size: the side in pixels image folders are read at (None: DEFAULT_IMAGE_SIZE; the
+    named datasets keep their own size). verify_checksums: compare torchvision datasets with the official MD5
+    sums (False: any files in the official format, e.g. a re-packed copy; see `_unverified`).
+    """
+
+    root: str | os.PathLike | None = None
+    image_size: int | None = None
+    verify_checksums: bool = True
+
+    def __post_init__(self):
+        if self.root is not None and not isinstance(self.root, (str, os.PathLike)):
+            raise TypeError(f"data_root must be a folder path (str) or None; got {self.root!r} "
+                            f"({type(self.root).__name__}).")
+        if self.image_size is not None:
+            check_count(self.image_size, "image_size", 1, _SIZE_HINT)
+        if not isinstance(self.verify_checksums, bool):
+            raise TypeError(f"verify_checksums must be True or False; got {self.verify_checksums!r} "
+                            f"({type(self.verify_checksums).__name__}). Pass False (-p verify_checksums False) "
+                            "to read files in the official format that are not the official bytes.")
+
+
+_options = DataOptions()
+
+
+def get_data_options() -> DataOptions:
+    return _options
+
+
+def set_data_options(root: str | os.PathLike | None = None, image_size: int | None = None,
+                     verify_checksums: bool = True) -> DataOptions:
+    """Set all three data options for this process (checked first); returns the previous ones."""
+    global _options
+    previous, _options = _options, DataOptions(root, image_size, verify_checksums)
+    return previous
+
+
+@contextmanager
+def using_data_options(**options):
+    """Data options for a block of code (the others keep their current values), restored afterwards."""
+    previous = set_data_options(**{**vars(_options), **options})
+    try:
+        yield _options
+    finally:
+        set_data_options(**vars(previous))
+
+
+def default_root() -> Path:
+    """data_root when none is passed: the data options', else $PURIFY_DATA_ROOT, else ./data."""
+    root = _options.root if _options.root is not None else os.environ.get("PURIFY_DATA_ROOT", REPO / "data")
+    return Path(root).expanduser()
+
+
+def _root(root) -> Path:
+    return Path(root).expanduser() if root is not None else default_root()
+
+
+def is_folder(dataset) -> bool:
+    """Whether `dataset` names an image folder (True) or a named dataset (False); anything else is an error.
+
+    A folder is dataset='imagefolder' with data_root=<folder> (default: `default_root()`), or the folder's own
+    path as dataset (then data_root is not used).
+    """
+    if isinstance(dataset, str) and dataset in INFO:
+        return False
+    if dataset == "imagefolder" or (isinstance(dataset, (str, os.PathLike)) and str(dataset)
+                                    and Path(dataset).expanduser().is_dir()):
+        return True
+    raise ValueError(
+        f"Unknown dataset: dataset={dataset!r} is neither one of {', '.join(DATASETS)} nor an existing image folder. "
+        "Pass one of those names, or for your own images dataset='imagefolder' with data_root=<folder holding "
+        "train/<class>/<image> and test/<class>/<image>>, or that folder's path as dataset (absolute, or "
+        "relative to the working directory: notebooks/ under the papermill driver).")
+
+
+def folder_root(dataset, root=None) -> tuple[Path, str] | None:
+    """(the image folder, the argument that named it: 'data_root' or 'dataset'); None for a named dataset."""
+    if not is_folder(dataset):
+        return None
+    return (_root(root), "data_root") if dataset == "imagefolder" else (Path(dataset).expanduser(), "dataset")
+
+
+def _folder_size(image_size: int | None) -> int:
+    size = image_size if image_size is not None else _options.image_size
+    return check_count(size, "image_size", 1, _SIZE_HINT) if size is not None else DEFAULT_IMAGE_SIZE
+
+
+def _check_named_size(name: str, image_size: int | None) -> None:
+    """A named dataset has its own size: an explicit image_size must agree with it."""
+    if image_size is not None and image_size != INFO[name].size:
+        raise ValueError(f"image_size={image_size!r} applies to image folders; {name} images are "
+                         f"{INFO[name].size}×{INFO[name].size}: leave image_size=None (or pass {INFO[name].size}).")
+
+
+def _scanned(dataset, root) -> tuple[FolderIndex, str] | None:
+    """(the folder's index, the argument that named it) for an image folder; None for a named dataset."""
+    from lib.core.image_folder import scan
+
+    folder = folder_root(dataset, root)
+    return None if folder is None else (scan(*folder), folder[1])
+
+
+def image_shape(dataset, image_size: int | None = None) -> tuple[int, int]:
+    """(channels, side) of a dataset's images, reading nothing (a folder: RGB at image_size)."""
+    if is_folder(dataset):
+        return 3, _folder_size(image_size)
+    _check_named_size(dataset, image_size)
+    return INFO[dataset].channels, INFO[dataset].size
+
+
+def dataset_info(dataset, root=None, *, image_size: int | None = None) -> DatasetInfo:
+    """Channels, size, class count and normalisation statistics. A folder's: RGB at image_size, the class count of
+    its subfolders, ImageNet's mean and std (a documented default, not measured: lib.core.image_folder)."""
+    from lib.core.image_folder import folder_info
+
+    scanned = _scanned(dataset, root)
+    if scanned is None:
+        _check_named_size(dataset, image_size)
+        return INFO[dataset]
+    return folder_info(scanned[0], _folder_size(image_size))
+
+
+def data_spec(dataset, root=None, *, image_size: int | None = None) -> dict:
+    """The fields that identify a dataset in a model spec: {"dataset": name} for a named dataset (exactly what
+    specs have always held), {"dataset": "imagefolder", "data": lib.core.image_folder.folder_spec} for a folder."""
+    from lib.core.image_folder import folder_spec
+
+    scanned = _scanned(dataset, root)
+    if scanned is None:
+        _check_named_size(dataset, image_size)
+        return {"dataset": dataset}
+    return {"dataset": "imagefolder", "data": folder_spec(scanned[0], _folder_size(image_size))}
+
+
+def check_dataset(dataset, root=None, *, image_size: int | None = None) -> DatasetInfo:
+    """A notebook's data arguments checked before any work starts (start_run calls it); returns the info.
+
+    An unknown name, an image_size that a named dataset cannot honour, or a folder without both splits, class
+    folders or images, or whose splits disagree on the classes, is an error naming the argument and the fix.
+    Named datasets' files are checked when they are loaded (the error says where to put them).
+    """
+    scanned = _scanned(dataset, root)
+    if scanned is not None:
+        from lib.core.image_folder import LAYOUT
+
+        index, argument = scanned
+        for split in SPLITS:
+            if split not in index.files:
+                raise FileNotFoundError(f"{argument}={str(index.root)!r} has no {split}/ folder: the notebooks train "
+                                        f"on train/ and evaluate on test/. {LAYOUT}")
+    return dataset_info(dataset, root, image_size=image_size)
 
 
 def _check_split(split: str) -> None:
@@ -170,74 +345,39 @@ def _torchvision(name: str, split: str, root: Path, download: bool, verify_check
     return ImageData(name, split, images, labels, classes)
 
 
-@dataclass(frozen=True)
-class FolderData:
-    """An ImageNet-style folder (root/<split>/<class>/<image>), read lazily at a fixed resolution."""
+def load_dataset(name, split: str = "train", root: str | os.PathLike | None = None,
+                 download: bool = False, *, seed: int = 0, verify_checksums: bool | None = None,
+                 image_size: int | None = None) -> ImageData | FolderData:
+    """Load a dataset split: an ImageData in memory, or for an image folder a lazy FolderData (its `subset`,
+    `take` and `tensors` decode into an ImageData; `iterate_batches` streams it).
 
-    name: str
-    split: str
-    dataset: torch.utils.data.Dataset
-    classes: tuple[str, ...]
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    @property
-    def info(self) -> DatasetInfo:
-        return dataset_info("imagefolder")
-
-
-def _imagefolder(split: str, root: Path, image_size: int) -> FolderData:
-    from torchvision import datasets as tvd, transforms as T
-
-    folder = root / split
-    if not folder.is_dir():
-        raise FileNotFoundError(
-            f"No image folder at {folder}: ImageNet-style data must be laid out as "
-            f"{root}/{split}/<class name>/<image>.JPEG (torchvision ImageFolder)."
-        )
-    resize = int(round(image_size / 0.875))  # the usual resize-then-centre-crop ratio
-    transform = T.Compose([T.Resize(resize), T.CenterCrop(image_size), T.ToTensor()])
-    ds = tvd.ImageFolder(str(folder), transform=transform)
-    return FolderData("imagefolder", split, ds, tuple(ds.classes))
-
-
-def default_root() -> Path:
-    return Path(os.environ.get("PURIFY_DATA_ROOT", REPO / "data"))
-
-
-def load_dataset(name: str, split: str = "train", root: str | os.PathLike | None = None,
-                 download: bool = False, *, seed: int = 0, verify_checksums: bool = True,
-                 image_size: int = 224) -> ImageData | FolderData:
-    """Load a dataset split by name.
-
-    name: one of DATASETS. root: where the real datasets live (default $PURIFY_DATA_ROOT or ./data).
-    download: let torchvision fetch missing files. seed: the embedded dataset's generation seed.
-    verify_checksums: compare torchvision datasets with the official MD5 sums (see `_unverified`).
-    image_size: resolution for `imagefolder` (299 for Inception-v3, 224 otherwise).
+    name: one of DATASETS, or an image folder's path. root: where the real datasets live, or the folder for
+    'imagefolder' (default: `default_root()`). download: let torchvision fetch missing files. seed: the
+    embedded dataset's generation seed. verify_checksums: compare torchvision datasets with the official MD5
+    sums (see `_unverified`). image_size: an image folder's resolution (299 for Inception-v3; a named
+    dataset's must be its own). verify_checksums, image_size and root default to the data options.
     """
-    dataset_info(name)
     _check_split(split)
-    root = (Path(root) if root is not None else default_root()).expanduser()
+    scanned = _scanned(name, root)
+    if scanned is not None:
+        from lib.core.image_folder import load_folder
+
+        return load_folder(scanned[0], split, _folder_size(image_size), scanned[1])
+    _check_named_size(name, image_size)
+    verify = _options.verify_checksums if verify_checksums is None else verify_checksums
     if name == "shapes10":
         return _shapes10(split, seed)
     if name == "digits":
         return _digits(split)
-    if name == "imagefolder":
-        return _imagefolder(split, root, image_size)
-    return _torchvision(name, split, root, download, verify_checksums)
+    return _torchvision(name, split, _root(root), download, verify)
 
 
 def iterate_batches(data: ImageData | FolderData, batch_size: int, *, shuffle: bool = False, seed: int = 0,
                     device: str | torch.device = "cpu", drop_last: bool = False
                     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield (images float [0,1] on device, labels) batches; shuffled with a seeded permutation."""
-    if isinstance(data, FolderData):
-        gen = torch.Generator().manual_seed(seed)
-        loader = torch.utils.data.DataLoader(data.dataset, batch_size=batch_size, shuffle=shuffle, generator=gen,
-                                             drop_last=drop_last, num_workers=min(8, os.cpu_count() or 1))
-        for x, y in loader:
-            yield x.to(device), y.to(device)
+    if not isinstance(data, ImageData):  # an image folder: streamed from disk, in the same order
+        yield from data.batches(batch_size, shuffle=shuffle, seed=seed, device=device, drop_last=drop_last)
         return
     n = len(data)
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)) if shuffle else torch.arange(n)

@@ -26,7 +26,7 @@ from lib.defenses import nrp
 from lib.core.cache import ModelCache
 from lib.core.fit import trained
 from lib.models.classifiers import build_classifier
-from lib.core.data import dataset_info, load_dataset
+from lib.core.data import data_spec, image_shape, load_dataset
 from lib.core.settings import Scale, get_scale, resolve_device, scale_settings, seed_everything
 
 BASELINES = ("ape_gan", "nrp", "jatp", "comdefend", "menet", "menet_adv")
@@ -48,9 +48,9 @@ def baseline_settings(name: str, scale: str | Scale):
     return scale_settings(_MODULES[_check_name(name)].SETTINGS, scale, DISPLAY_NAMES[name])
 
 
-def baseline_spec(name: str, dataset: str, scale: Scale, seed: int, target_record: dict) -> dict:
-    return {"kind": f"baseline_{name}", "version": BASELINE_VERSION, "dataset": dataset, "scale": scale.name,
-            "settings": dataclasses.asdict(baseline_settings(name, scale)), "seed": seed,
+def baseline_spec(name: str, dataset: str, scale: Scale, seed: int, target_record: dict, data_root=None) -> dict:
+    return {"kind": f"baseline_{name}", "version": BASELINE_VERSION, **data_spec(dataset, data_root),
+            "scale": scale.name, "settings": dataclasses.asdict(baseline_settings(name, scale)), "seed": seed,
             "target": target_record["hash"]}
 
 
@@ -67,8 +67,8 @@ def get_baseline(name: str, dataset: str = "shapes10", scale: str | Scale = "qui
     scale = get_scale(scale)
     device = resolve_device(device)
     settings = baseline_settings(name, scale)
-    spec = baseline_spec(name, dataset, scale, seed, target_record)
-    channels = dataset_info(dataset).channels
+    spec = baseline_spec(name, dataset, scale, seed, target_record, data_root)
+    channels = image_shape(dataset)[0]
     module = _MODULES[name]
     target = target.to(device).eval()
 
@@ -80,7 +80,7 @@ def get_baseline(name: str, dataset: str = "shapes10", scale: str | Scale = "qui
 
         def build() -> nn.Module:  # the cached weights are the ME-Net classifier's
             return menet.initial_classifier(target, settings, lambda: build_classifier(
-                target_record["spec"]["arch"], dataset, target_record["spec"]["width"]))
+                target_record["spec"]["arch"], dataset, target_record["spec"]["width"], data_root=data_root))
 
         def train(classifier: nn.Module) -> dict:
             training_purifier = menet.menet_from_settings(settings, seed)  # its own masks, not the evaluated one's

@@ -8,7 +8,7 @@ import dataclasses
 from torch import nn
 
 from lib.core.cache import ModelCache
-from lib.core.data import dataset_info, load_dataset
+from lib.core.data import data_spec, image_shape, load_dataset
 from lib.core.fit import trained
 from lib.core.settings import Scale, get_scale, resolve_device, seed_everything
 from lib.defenses.dir_denoiser import DIR_VERSION, DIRDenoiser, DIRSettings, _check_ratio, build_denoiser, \
@@ -40,8 +40,7 @@ def get_dir(dataset: str = "shapes10", scale: str | Scale = "quick", seed: int =
     _check_ratio(mask_ratio)
     if alpha < 0:
         raise ValueError(f"alpha={alpha} must be non-negative (the paper: 2.0, ablation 0 to 5).")
-    info = dataset_info(dataset)
-    image_size, channels = info.size, info.channels
+    channels, image_size = image_shape(dataset)
 
     def build() -> DIRDenoiser:
         return build_denoiser(s, channels, image_size, mask_ratio=mask_ratio, k=k, depth=depth,
@@ -49,7 +48,7 @@ def get_dir(dataset: str = "shapes10", scale: str | Scale = "quick", seed: int =
 
     probe = build()  # resolves k and the patch size for the spec
     spec = {
-        "kind": "dir_denoiser", "version": DIR_VERSION, "dataset": dataset, "scale": scale.name,
+        "kind": "dir_denoiser", "version": DIR_VERSION, **data_spec(dataset, data_root), "scale": scale.name,
         "settings": _training_fields(s), "patch_size": probe.patch_size, "image_size": image_size,
         "depth": len(probe.blocks), "decoder_depth": len(probe.decoder_blocks), "mask_ratio": mask_ratio,
         "k": probe.k, "alpha": alpha, "pretrain": pretrain, "seed": seed, "target": target_record["hash"],
@@ -89,7 +88,7 @@ def get_adversarially_trained(name: str, purifier: nn.Module, purifier_record: d
     s = dir_settings(scale)
     device = resolve_device(device)
     spec = {"kind": "adv_trained_purifier", "version": DIR_VERSION, "base": name, "base_hash": purifier_record["hash"],
-            "dataset": dataset, "scale": scale.name, "settings": _training_fields(s), "seed": seed,
+            **data_spec(dataset, data_root), "scale": scale.name, "settings": _training_fields(s), "seed": seed,
             "target": target_record["hash"]}
     target = target.to(device).eval()
 

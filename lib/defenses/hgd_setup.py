@@ -22,10 +22,10 @@ import torch
 from torch import nn
 
 from lib.attacks.attack_sets import ENSEMBLE, TRAIN_ATTACKS, TRAIN_EPS_RANGE, AdversarialSet, make_adversarial_set, \
-    make_test_sets, to_uint8
+    make_test_sets
 from lib.core.cache import ModelCache, spec_hash
 from lib.core.fit import trained
-from lib.core.data import ImageData, dataset_info, load_dataset
+from lib.core.data import data_spec, image_shape, is_folder, load_dataset
 from lib.core.settings import Scale, get_scale, resolve_device, seed_everything
 from lib.defenses.hgd import ARCHITECTURES, HGD_VERSION, OBJECTIVES, PAPER_IMAGE_SIZE, Denoiser, build_denoiser, \
     HGDSettings, hgd_settings, train_denoiser
@@ -143,11 +143,13 @@ def hgd_classifiers(dataset: str = "shapes10", scale: str | Scale = "quick", see
 
 
 def balanced_images(dataset: str, split: str, n: int, seed: int = 0, *, classes: Sequence[int] | None = None,
-                    data_root=None, image_size: int = PAPER_IMAGE_SIZE) -> tuple[torch.Tensor, torch.Tensor]:
-    """n images (uint8) and labels from a split, the same number from each class (of `classes` if given)."""
-    data = load_dataset(dataset, split, data_root, image_size=image_size) if dataset == "imagefolder" \
-        else load_dataset(dataset, split, data_root)
-    labels = data.labels if isinstance(data, ImageData) else torch.tensor(data.dataset.targets)
+                    data_root=None, image_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """n images (uint8) and labels from a split, the same number from each class (of `classes` if given).
+
+    image_size: an image folder's resolution (None: the data options'; `_image_size` gives the paper's 299).
+    """
+    data = load_dataset(dataset, split, data_root, image_size=image_size)
+    labels = data.labels
     classes = sorted(set(labels.tolist())) if classes is None else list(classes)
     per_class = max(n // len(classes), 1)
     gen = torch.Generator().manual_seed(seed)
@@ -157,12 +159,13 @@ def balanced_images(dataset: str, split: str, n: int, seed: int = 0, *, classes:
         idx.append(members[torch.randperm(len(members), generator=gen)[:per_class]])
     idx = torch.cat(idx)
     idx = idx[torch.randperm(len(idx), generator=gen)]
-    if isinstance(data, ImageData):
-        return data.images[idx], labels[idx]
-    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(data.dataset, idx.tolist()), batch_size=64,
-                                         num_workers=4)
-    images = torch.cat([to_uint8(x) for x, _ in loader])
-    return images, labels[idx]
+    chosen = data.take(idx)  # an image folder decodes only these
+    return chosen.images, chosen.labels
+
+
+def _image_size(scale: Scale, dataset) -> int | None:
+    """The paper scale reads ImageNet folders at Inception-v3's 299; smaller scales use the data options'."""
+    return PAPER_IMAGE_SIZE if scale.name == "paper" and is_folder(dataset) else None
 
 
 _TRAINING_SETS: dict[str, AdversarialSet] = {}  # generated once per process, only when a denoiser must train
@@ -172,11 +175,14 @@ def training_set(dataset: str, scale: str | Scale, seed: int, sources: dict[str,
                  classes: Sequence[int] | None = None, device="cpu", data_root=None,
                  progress: bool = True) -> AdversarialSet:
     """The TrainSet of Table 1 for a scale (memoised in this process)."""
-    s = hgd_settings(get_scale(scale))
-    key = spec_hash({"dataset": dataset, "n": s.n_train, "seed": seed, "classes": classes,
+    scale = get_scale(scale)
+    s = hgd_settings(scale)
+    size = _image_size(scale, dataset)
+    key = spec_hash({**data_spec(dataset, data_root, image_size=size), "n": s.n_train, "seed": seed, "classes": classes,
                      "sources": {r: sources[r][1]["hash"] for r in ENSEMBLE}})
     if key not in _TRAINING_SETS:
-        images, labels = balanced_images(dataset, "train", s.n_train, seed, classes=classes, data_root=data_root)
+        images, labels = balanced_images(dataset, "train", s.n_train, seed, classes=classes, data_root=data_root,
+                                         image_size=size)
         models = {r: sources[r][0] for r in ENSEMBLE}
         _TRAINING_SETS[key] = make_adversarial_set(models, images, labels, TRAIN_ATTACKS, None, seed=seed,
                                                    device=device, progress=progress)
@@ -186,8 +192,10 @@ def training_set(dataset: str, scale: str | Scale, seed: int, sources: dict[str,
 def test_sets(dataset: str, scale: str | Scale, seed: int, classifiers: dict[str, tuple], *, device="cpu",
               data_root=None, progress: bool = True) -> dict[str, AdversarialSet]:
     """WhiteTestSet and BlackTestSet (Table 1) on class-balanced test images."""
-    s = hgd_settings(get_scale(scale))
-    images, labels = balanced_images(dataset, "test", s.n_test, seed, data_root=data_root)
+    scale = get_scale(scale)
+    s = hgd_settings(scale)
+    images, labels = balanced_images(dataset, "test", s.n_test, seed, data_root=data_root,
+                                     image_size=_image_size(scale, dataset))
     models = {r: classifiers[r][0] for r in ("target", "source_a", "source_b", "holdout")}
     return make_test_sets(models, images, labels, seed=seed + 1, device=device, progress=progress)
 
@@ -220,9 +228,10 @@ def get_hgd(objective: str, dataset: str = "shapes10", scale: str | Scale = "qui
     if sources is None:
         sources = hgd_classifiers(dataset, scale, seed, device=device, data_root=data_root, progress=progress,
                                   roles=ENSEMBLE, cache=cache)
-    channels = dataset_info(dataset).channels
+    channels = image_shape(dataset)[0]
     spec = {
-        "kind": "hgd_denoiser", "version": HGD_VERSION, "arch": arch, "objective": objective, "dataset": dataset,
+        "kind": "hgd_denoiser", "version": HGD_VERSION, "arch": arch, "objective": objective,
+        **data_spec(dataset, data_root, image_size=_image_size(scale, dataset)),
         "scale": scale.name, "settings": _training_fields(s), "seed": seed, "guide": target_record["hash"],
         "sources": {r: sources[r][1]["hash"] for r in ENSEMBLE}, "train_attacks": [a.name for a in TRAIN_ATTACKS],
         "train_eps": list(TRAIN_EPS_RANGE), "classes": None if classes is None else list(classes),

@@ -35,7 +35,7 @@ import pandas as pd
 from torch import nn
 
 from lib.core.cache import spec_hash
-from lib.core.data import dataset_info
+from lib.core.data import image_shape
 from lib.core.purifiers import Purifier
 from lib.core.settings import Scale, get_scale, resolve_device
 from lib.defenses.ape_gan import APEGAN
@@ -93,7 +93,7 @@ def _transform_kwargs(name: str, scale: Scale, dataset: str) -> dict:
     params = inspect.signature(TRANSFORMS[name]).parameters
     kwargs = {k: p.default for k, p in params.items() if k != "seed" and p.default is not inspect.Parameter.empty}
     if name == "pixel_deflection":
-        side = dataset_info(dataset).size
+        side = image_shape(dataset)[1]
         kwargs.update(deflections=max(1, round(200 * side ** 2 / 224 ** 2)), window=max(1, round(10 * side / 224)))
     return kwargs
 
@@ -239,7 +239,7 @@ def get_defense(name: str, dataset: str = "shapes10", scale: str | Scale = "quic
         raise ValueError(f"{entry.display_name} ({name!r}) is learned for one classifier: pass target= and "
                          f"target_record=, the classifier and record from lib.models.zoo.get_classifier, e.g. "
                          f"`target, target_record = get_classifier({dataset!r}, 'natural', {scale.name!r}, {seed})`.")
-    if not entry.grayscale and dataset_info(dataset).channels == 1:
+    if not entry.grayscale and image_shape(dataset)[0] == 1:
         raise ValueError(f"{entry.display_name} ({name!r}) does not take 1-channel images; {dataset!r} has them.")
     if entry.kind == "transform":
         purifier, record = entry.getter(name, dataset, scale, seed, device=device, **options)

@@ -176,12 +176,15 @@ ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
 IMAGENET_ARCHITECTURES = ("resnet50", "inception_v3", "vgg19")
 
 
-def build_classifier(arch: str, dataset: str, width: int | None = None) -> nn.Module:
-    """A freshly initialised CIFAR-style classifier for a dataset (normalisation included)."""
+def build_classifier(arch: str, dataset: str, width: int | None = None, *, data_root=None) -> nn.Module:
+    """A freshly initialised CIFAR-style classifier for a dataset (normalisation included).
+
+    data_root: an image folder's location (dataset='imagefolder'), whose class count sets the output size.
+    """
     if arch not in ARCHITECTURES:
         raise ValueError(f"Unknown architecture {arch!r}: choose one of {sorted(ARCHITECTURES)} "
                          f"(ImageNet models: {IMAGENET_ARCHITECTURES} through imagenet_classifier).")
-    info = dataset_info(dataset)
+    info = dataset_info(dataset, data_root)
     if arch == "vgg16" and info.size < 32:
         raise ValueError(f"vgg16 needs 32×32 inputs (five 2×2 poolings); {dataset} images are "
                          f"{info.size}×{info.size}: use resnet_small or resnet18.")

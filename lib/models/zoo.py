@@ -12,7 +12,7 @@ from torch import nn
 
 from lib.core.cache import ModelCache
 from lib.models.classifiers import build_classifier
-from lib.core.data import load_dataset
+from lib.core.data import data_spec, load_dataset
 from lib.core.fit import trained
 from lib.core.settings import Scale, get_scale, resolve_device
 from lib.models.recipes import recipe_for, train_classifier
@@ -20,8 +20,9 @@ from lib.models.recipes import recipe_for, train_classifier
 RECIPE_VERSION = 1
 
 
-def classifier_spec(dataset: str, recipe_name: str, scale: Scale, seed: int, arch: str | None = None,
-                    **recipe_overrides) -> dict:
+def classifier_spec(dataset: str, recipe_name: str, scale: Scale, seed: int, arch: str | None = None, *,
+                    data_root=None, **recipe_overrides) -> dict:
+    """Everything that determines a trained classifier; data_root matters only for an image folder (data_spec)."""
     recipe = dataclasses.asdict(recipe_for(recipe_name, scale, **recipe_overrides))
     if not recipe["eps_warmup"]:
         del recipe["eps_warmup"]  # added later: left out when off, so earlier checkpoints keep their specs
@@ -30,7 +31,7 @@ def classifier_spec(dataset: str, recipe_name: str, scale: Scale, seed: int, arc
         "version": RECIPE_VERSION,
         "arch": arch or scale.classifier,
         "width": scale.width,
-        "dataset": dataset,
+        **data_spec(dataset, data_root),  # {"dataset": name}, plus the folder's identity for an image folder
         "n_train": scale.n_train,
         "n_test": scale.n_test,
         "recipe": recipe,
@@ -45,7 +46,7 @@ def get_classifier(dataset: str = "shapes10", recipe: str = "natural", scale: st
     """A trained classifier (eval mode, on device) and its record (metrics, cache path, cached or not)."""
     scale = get_scale(scale)
     device = resolve_device(device)
-    spec = classifier_spec(dataset, recipe, scale, seed, arch, **recipe_overrides)
+    spec = classifier_spec(dataset, recipe, scale, seed, arch, data_root=data_root, **recipe_overrides)
     recipe_obj = recipe_for(recipe, scale, **recipe_overrides)
 
     def train(model: nn.Module) -> dict:
@@ -53,5 +54,5 @@ def get_classifier(dataset: str = "shapes10", recipe: str = "natural", scale: st
         test_set = load_dataset(dataset, "test", data_root).subset(scale.n_test, seed)
         return train_classifier(model, train_set, test_set, recipe_obj, device=device, seed=seed, progress=progress)
 
-    return trained(spec, lambda: build_classifier(spec["arch"], dataset, scale.width), train, cache=cache,
-                   device=device, seed=seed)
+    return trained(spec, lambda: build_classifier(spec["arch"], dataset, scale.width, data_root=data_root), train,
+                   cache=cache, device=device, seed=seed)
