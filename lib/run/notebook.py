@@ -6,6 +6,11 @@
 
 The papermill driver points the output folders at a staging area ($PURIFY_FIGURES_DIR,
 $PURIFY_RESULTS_DIR) and moves them into place only when the whole notebook succeeded.
+
+The notebook's data parameters (`dataset`, `data_root`, `image_size`, `verify_checksums`; each optional) are
+checked here, before any work (`lib.core.data.check_dataset`), and `data_root`, `image_size` and
+`verify_checksums` become this process's data options (`lib.core.data.set_data_options`), so that every
+loader, classifier and model spec the notebook reaches reads the same data.
 """
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ from typing import Any, Mapping
 import pandas as pd
 import torch
 
+from lib.core.data import check_dataset, set_data_options
 from lib.core.provenance import REPO, provenance
 from lib.core.results import rows_frame, write_csv_atomic
 from lib.core.settings import Scale, resolve_device, resolve_scale, seed_everything, validate_parameters
@@ -62,9 +68,12 @@ class Run:
 
 
 def start_run(notebook: str, params: Mapping[str, Any], defaults: Mapping[str, Any] | None = None) -> Run:
-    """Validate a notebook's parameters, seed everything and prepare its output folders."""
+    """Validate a notebook's parameters and data, set the data options, seed everything, prepare the output folders."""
     params = validate_parameters(params, defaults or params)
     scale = resolve_scale(params.get("scale"))
+    set_data_options(params.get("data_root"), params.get("image_size"), params.get("verify_checksums", True))
+    if "dataset" in params:
+        check_dataset(params["dataset"], params.get("data_root"), image_size=params.get("image_size"))
     params["scale"] = scale.name
     seed = int(params.get("seed", 0))
     device = resolve_device(params.get("device", "auto"))

@@ -17,7 +17,11 @@ default value (`-p seed 0`) is the default run.
 `-p` values are Python literals (1, 0.5, 'x', None, True), `k/255`-style fractions (floats), or else plain
 strings. Each is checked against the notebook's default before anything runs: an unknown key, or a value of
 the wrong type ("parameter 'seed' expects an int, got 'abc'"), rejects the notebook without executing it
-(an int is accepted where a float is expected; a default of None accepts anything).
+(an int is accepted where a float is expected, `true`/`false` where a bool is; a default of None accepts
+anything). The data parameters are checked too (`check_data_parameters`: an unknown dataset, an image folder
+without train/<class>/ and test/<class>/ images, an image_size that is not a positive int), so
+`-p dataset imagefolder -p data_root /my/images -p image_size 32` fails before a kernel starts if the folder
+is not usable.
 
 At `quick` the driver checks the budget of ../shared/DESIGN.md on 2 CPU cores: 6 minutes a notebook warm
 (every model it needs already in the cache) and 10 cold, 30 minutes for all warm and 45 cold. A notebook is
@@ -109,14 +113,43 @@ def check_parameters(name: str, parameters: dict, known: dict) -> dict:
             checked[key] = value
         elif isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
             checked[key] = float(value)
+        elif isinstance(default, bool) and isinstance(value, str) and value.lower() in ("true", "false"):
+            checked[key] = value.lower() == "true"  # -p verify_checksums false: the shell spelling
         elif type(value) is type(default) or (isinstance(value, (list, tuple)) and isinstance(default, (list, tuple))):
             checked[key] = value
         else:
             hint = " (a fraction such as 8/255 is accepted)" if isinstance(default, float) else ""
+            hint = " (pass True or False)" if isinstance(default, bool) else hint
             hint = " (quote it: -p {0} \"'{1}'\")".format(key, value) if isinstance(default, str) else hint
             raise TypeError(f"parameter {key!r} expects {_type_name(default)}, got {value!r}{hint}; {name}'s "
                             f"default is {default!r}")
     return checked
+
+
+DATA_PARAMETERS = ("dataset", "data_root", "image_size", "verify_checksums")
+
+
+def check_data_parameters(parameters: dict, known: dict) -> None:
+    """The data parameters the notebook will run with, checked as its start_run will check them (unknown
+    dataset, bad image folder, bad image_size or verify_checksums), so a bad one runs nothing. Relative paths
+    are taken from notebooks/, the notebook's working directory."""
+    from lib.core.data import DATASETS, DataOptions, check_dataset
+
+    values = {k: _default_value(known[k].get("default", "")) for k in DATA_PARAMETERS if k in known}
+    values.update({k: v for k, v in parameters.items() if k in values})
+    if any(v is _NO_DEFAULT for v in values.values()):
+        return  # a default the driver cannot read: start_run checks it
+
+    def from_notebooks(path) -> Path | None:
+        return None if path is None else NOTEBOOKS / Path(path).expanduser()  # an absolute path stays itself
+
+    DataOptions(values.get("data_root"), values.get("image_size"), values.get("verify_checksums", True))  # types
+    root = from_notebooks(values.get("data_root"))
+    dataset = values.get("dataset")
+    if dataset is not None:
+        folder = from_notebooks(dataset) if dataset not in DATASETS else None
+        check_dataset(folder if folder is not None and folder.is_dir() else dataset, root,
+                      image_size=values.get("image_size"))
 
 
 def run_tag(name: str, parameters: dict, known: dict) -> str:
@@ -181,7 +214,8 @@ def run_notebook(name: str, scale: str, parameters: dict, kernel: str | None = N
     known = pm.inspect_notebook(str(source))
     try:
         parameters = check_parameters(name, parameters, known)
-    except (TypeError, ValueError) as err:
+        check_data_parameters(parameters, known)
+    except (TypeError, ValueError, FileNotFoundError) as err:
         return NotebookRun(False, 0.0, str(err), None, None)
 
     runs = REPO / "papermill_runs" / scale
