@@ -14,13 +14,9 @@ def image_grid(images: torch.Tensor, nrow: int, titles: list[str] | None = None,
     rows = (n + nrow - 1) // nrow
     fig, axes = plt.subplots(rows, nrow, figsize=(nrow * scale, rows * scale), squeeze=False)
     for i, ax in enumerate(axes.flat):
-        ax.set_xticks([]), ax.set_yticks([])
-        for spine in ax.spines.values():
-            spine.set_visible(False)
+        _bare(ax)
         if i < n:
-            img = images[i].permute(1, 2, 0).numpy()
-            ax.imshow(img.squeeze(-1) if img.shape[-1] == 1 else img, cmap="gray" if img.shape[-1] == 1 else None,
-                      interpolation="nearest")
+            _show(ax, images[i])
             if titles is not None and i < len(titles):
                 ax.set_title(titles[i], fontsize=7)
     if row_labels:
@@ -28,6 +24,38 @@ def image_grid(images: torch.Tensor, nrow: int, titles: list[str] | None = None,
             axes[r, 0].set_ylabel(label, fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def class_examples(images: torch.Tensor, labels: torch.Tensor, classes, per_class: int = 8, max_classes: int = 20,
+                   scale: float = 1.2):
+    """One row per class (the first `max_classes`), its first `per_class` images; blank where a class has fewer."""
+    images = images.detach().cpu().clamp(0, 1)
+    shown = list(classes)[:max_classes]
+    fig, axes = plt.subplots(len(shown), per_class, figsize=(per_class * scale, len(shown) * scale), squeeze=False)
+    for k, row in enumerate(axes):
+        members = (labels.cpu() == k).nonzero().flatten()[:per_class]
+        for j, ax in enumerate(row):
+            _bare(ax)
+            if j < len(members):
+                _show(ax, images[members[j]])
+        row[0].set_ylabel(shown[k], fontsize=8)
+    if len(shown) < len(classes):
+        fig.suptitle(f"the first {len(shown)} of {len(classes)} classes", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def _bare(ax) -> None:
+    ax.set_xticks([]), ax.set_yticks([])
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+
+
+def _show(ax, image: torch.Tensor) -> None:
+    """One (C, H, W) image in [0, 1]; grayscale with a grey colour map."""
+    img = image.permute(1, 2, 0).numpy()
+    ax.imshow(img.squeeze(-1) if img.shape[-1] == 1 else img, cmap="gray" if img.shape[-1] == 1 else None,
+              interpolation="nearest")
 
 
 def perturbation_image(delta: torch.Tensor, eps: float) -> torch.Tensor:
