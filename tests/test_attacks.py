@@ -152,3 +152,16 @@ def test_sanity_checks_pass_for_identity_and_flag_masking(shapes_model):
     assert {"gradients_nonzero", "large_eps_to_chance"} <= failed, masked
     bpda = sanity_checks(MaskedGradientQuantizer(), model, x, y, steps=5, threat_model="bpda")
     assert all_passed(bpda), bpda
+
+
+@pytest.mark.parametrize("name, need", [("autoattack", 4), ("autoattack_rand", 3), ("apgd_dlr", 3)])
+def test_dlr_attacks_refuse_too_few_classes_before_any_work(name, need):
+    from lib.attacks.registry import supports
+
+    three_way = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, need - 1))
+    assert not supports(name, need - 1) and supports(name, need) and supports("pgd", 2)
+    with pytest.raises(ValueError, match=rf"{name} needs a classifier with at least {need} classes.*has {need - 1}"):
+        build_attack(name, three_way, eps=8 / 255, n_classes=need - 1)
+    x, y = torch.rand(2, 3, 8, 8), torch.tensor([0, 1])
+    with pytest.raises(ValueError, match="at least"):  # through evaluate, which reads the class count off the logits
+        evaluate(None, three_way, x, y, attack=name, eps=8 / 255)

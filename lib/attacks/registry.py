@@ -198,6 +198,17 @@ def check_budget(name: str, eps: float, step_size: float | None = None) -> tuple
     return check(eps, "eps"), None if step_size is None else check(step_size, "step_size")
 
 
+# The DLR loss (Croce & Hein 2020) compares the true logit with the largest and the third-largest ones (untargeted)
+# or with the target's and the fourth-largest (APGD-T inside AutoAttack): fewer classes than that and torchattacks
+# indexes past the logits, after minutes of work.
+MIN_CLASSES = {"apgd_dlr": 3, "autoattack_rand": 3, "autoattack": 4}
+
+
+def supports(name: str, n_classes: int) -> bool:
+    """Whether attack `name` can run against a classifier with `n_classes` outputs (see MIN_CLASSES)."""
+    return n_classes >= MIN_CLASSES.get(name, 2)
+
+
 STEPS_HINT = ("steps counts attack iterations: use an int ≥ 1 such as 20 (the papers' PGD-20); "
               "to evaluate without an attack use eps=0.")
 
@@ -224,6 +235,10 @@ def build_attack(name: str, model: nn.Module, eps: float = 8 / 255, steps: int =
                                               "EOT sample count for a random defense).")
     if n_classes is not None:
         n_classes = check_count(n_classes, "n_classes", 2, "n_classes is the classifier's number of classes.")
+        if not supports(name, n_classes):
+            raise ValueError(f"{name} needs a classifier with at least {MIN_CLASSES[name]} classes (its DLR loss "
+                             f"compares that many logits); this one has {n_classes}. Leave it out "
+                             "(lib.attacks.registry.supports) or use pgd / apgd_ce.")
     if target not in (None, "random", "least_likely"):
         raise ValueError(f"Unknown target mode {target!r}: use None, 'random' or 'least_likely'.")
     step_size = default_step_size(eps, steps) if step_size is None else step_size
