@@ -174,3 +174,14 @@ def test_zoo_spec_changes_with_what_determines_the_model():
     assert classifier_spec("shapes10", "pgd_at", smoke, 0) != base
     assert classifier_spec("shapes10", "natural", smoke, 0, lr=0.05) != base
     assert classifier_spec("shapes10", "natural", get_scale("quick"), 0) != base
+
+
+def test_progress_bar_is_plain_text_when_the_driver_asks(monkeypatch):
+    from tqdm.std import tqdm as text_tqdm
+
+    from lib.core.fit import progress_bar
+
+    monkeypatch.setenv("PURIFY_TEXT_PROGRESS", "1")
+    bar = progress_bar(total=3, disable=True)
+    assert type(bar) is text_tqdm  # not tqdm.notebook's widget, even inside a kernel
+    bar.close()

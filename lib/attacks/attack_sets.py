@@ -14,7 +14,8 @@ from typing import Sequence
 import torch
 import torchattacks
 from torch import nn
-from tqdm.auto import tqdm
+
+from lib.core.fit import progress_bar
 
 
 @dataclass(frozen=True)
@@ -153,7 +154,7 @@ def make_adversarial_set(models: dict[str, nn.Module], images: torch.Tensor, lab
     gen = torch.Generator().manual_seed(seed)
     m = len(images)
     parts, sources, budgets, kinds = [], [], [], []
-    bar = tqdm(total=len(attacks) * m, desc="adversarial set", disable=not progress, leave=False)
+    bar = progress_bar(total=len(attacks) * m, desc="adversarial set", disable=not progress, leave=False)
     for k, setting in enumerate(attacks):
         members = [models[name].eval() for name in setting.models]
         model = members[0] if len(members) == 1 else Ensemble(members).eval()

@@ -17,17 +17,27 @@ the model of a spec, loaded when cached, else built (seeded) and trained, with t
 """
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Protocol
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from lib.core.cache import ModelCache
 from lib.core.data import ImageData, iterate_batches
 from lib.core.settings import seed_everything
+
+
+def progress_bar(**kwargs):
+    """A tqdm bar: a widget in JupyterLab (tqdm.auto), plain text when $PURIFY_TEXT_PROGRESS is set (the
+    papermill driver sets it, so kept notebooks hold the bar's last line, not widget state)."""
+    if os.environ.get("PURIFY_TEXT_PROGRESS"):
+        from tqdm.std import tqdm
+    else:
+        from tqdm.auto import tqdm
+    return tqdm(**kwargs)
 
 
 class Trainer(Protocol):
@@ -87,7 +97,7 @@ def fit(trainer: Trainer, batches: Callable[[int], Iterable], *, epochs: int, de
     schedule = getattr(trainer, "schedule", None)
     log, start = FitLog(), time.perf_counter()
     trainer.model.train()
-    bar = tqdm(total=total, desc=desc, disable=not progress, leave=False)
+    bar = progress_bar(total=total, desc=desc, disable=not progress, leave=False)
     for epoch in range(epochs):
         sums: dict[str, float] = {}
         count = 0

@@ -230,7 +230,9 @@ def run_notebook(name: str, scale: str, parameters: dict, kernel: str | None = N
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     staged_nb = staging / f"{name}.ipynb"
-    env = {"PURIFY_FIGURES_DIR": str(staging / "figures"), "PURIFY_RESULTS_DIR": str(staging / "results")}
+    # text progress bars: a kept notebook holds each bar's last line, not ipywidgets state
+    env = {"PURIFY_FIGURES_DIR": str(staging / "figures"), "PURIFY_RESULTS_DIR": str(staging / "results"),
+           "PURIFY_TEXT_PROGRESS": "1"}
     saved_env = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     start = time.perf_counter()
