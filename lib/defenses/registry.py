@@ -2,7 +2,7 @@
 
 An entry says what a defense is and how the harness must attack it:
 - `display_name`, `citation` (authors, title, venue, year) and `kind`: a fixed `transform`
-  (lib.defenses.transforms), a learned `baseline` (lib.defenses.baselines), an `hgd` denoiser or `dir`;
+  (lib.defenses.transforms), a learned `baseline` (lib.defenses.baselines), an `hgd` denoiser, `dir` or `idfr`;
 - the purifier contract of lib.core.purifiers: `differentiable` (white-box gradients go through it, else
   the `bpda` threat model), `randomized` (the `eot` threat model; repeatable after `reseed`),
   `bpda_surrogate` (it has a BPDA surrogate other than the identity);
@@ -21,7 +21,8 @@ to the image size) updated by keyword options of their constructor (`get_defense
 Learned defenses go through their cached getters (`get_baseline`, `get_hgd`, `get_dir`: trained the first
 time, loaded afterwards) and take those getters' extra options (HGD: `classes`, `sources`; DIR: the
 ablations' `mask_ratio`, `alpha`, ...). The classifier is `target`, except for ME-Net, which trains its
-own classifier on ME-Net images (`record["classifier"]`). Paper notebooks call `get_defense` where they
+own classifier on ME-Net images, and IDFR, whose feature restorer sits inside the target (head ∘ FR ∘
+encoder; `record["classifier"]`). Paper notebooks call `get_defense` where they
 called the separate getters; the leaderboard walks `DEFENSES` (`table()` shows it), builds each defense for
 each target and picks the threat models from the flags (white-box or BPDA, plus EOT when randomized).
 """
@@ -45,6 +46,8 @@ from lib.defenses.dir_denoiser import DIRDenoiser, dir_settings
 from lib.defenses.dir_setup import get_dir
 from lib.defenses.hgd import DAE, DUNET, hgd_settings
 from lib.defenses.hgd_setup import get_hgd
+from lib.defenses.idfr import InputDenoiser
+from lib.defenses.idfr_setup import get_idfr, idfr_settings
 from lib.defenses.jatp import JATP
 from lib.defenses.menet import MENet
 from lib.defenses.nrp import NRP
@@ -52,7 +55,7 @@ from lib.defenses.transforms import TRANSFORMS, build_transform
 
 __all__ = ["DefenseEntry", "ReadyDefense", "DEFENSES", "get_defense", "defense_settings", "table"]
 
-KINDS = ("transform", "baseline", "hgd", "dir")
+KINDS = ("transform", "baseline", "hgd", "dir", "idfr")
 # get_defense's own arguments, passed to every learned getter; the rest of a getter's keywords are options
 STANDARD = ("target", "target_record", "device", "data_root", "cache", "progress")
 
@@ -121,6 +124,10 @@ def _get_hgd(objective: str, arch: str):
 
 def _get_dir(name, dataset, scale, seed, **kwargs):
     return get_dir(dataset, scale, seed, **kwargs)
+
+
+def _get_idfr(name, dataset, scale, seed, **kwargs):
+    return get_idfr(dataset, scale, seed, **kwargs)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -200,6 +207,12 @@ def _registry() -> dict[str, DefenseEntry]:
         'Restoration" (authors and venue are not in the repository\'s copy of the text)', "dir",
         **_flags(DIRDenoiser), needs_target=True, grayscale=True, getter=_get_dir, settings=lambda scale, dataset: dir_settings(scale),
         options=("mask_ratio", "k", "alpha", "pretrain", "depth", "decoder_depth"))
+    # the classifier returned is head ∘ FR ∘ encoder of the target (record["classifier"]), the ID the purifier
+    out["idfr"] = DefenseEntry(
+        "idfr", "IDFR", '"Enhanced Countering Adversarial Attacks via Input Denoising and Feature Restoring" '
+        "(authors and venue are not in the repository's copy of the text)", "idfr", **_flags(InputDenoiser),
+        needs_target=True, grayscale=True, getter=_get_idfr, settings=lambda scale, dataset: idfr_settings(scale),
+        options=("restore",))
     return out
 
 
