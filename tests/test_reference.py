@@ -14,7 +14,9 @@ FILES = sorted((REPO / "lib" / "reference").glob("*/*.csv"))
 UNITS = {"%", "L1", "ms", "× pre-trained"}
 # the paper texts (papers/README.md): one file per paper, beside the design notes
 PAPERS = Path(os.environ.get("PURIFY_PAPERS", REPO.parent / "shared" / "papers"))
-PAPER_TEXT = {"hgd": "003_76912749f819b266.txt", "dir": "000_dfa32c6a711fe26a.txt"}
+PAPER_TEXT = {"hgd": "003_76912749f819b266.txt", "dir": "000_dfa32c6a711fe26a.txt", "idfr": "001_7e4ecf4c826261f3.txt"}
+# IDFR prints one line per defense across targets (or datasets): VGG16 and ResNet18 side by side in each cell
+LINE_SPANS = {"idfr": ("target", "dataset")}
 
 
 def test_every_file_is_package_data_and_reads():
@@ -34,6 +36,7 @@ def test_every_file_is_package_data_and_reads():
 def test_row_counts_and_a_few_cells():
     assert len(R.paper_numbers("hgd")) == 85
     assert len(R.paper_numbers("dir")) == 130
+    assert len(R.paper_numbers("idfr")) == 676
     t2 = R.reference_table("hgd", "table2", index="defense", columns=["test_set", "eps"], metric="accuracy")
     assert t2.loc["NA", ("clean", 0.0)] == 76.7
     assert t2.loc["DUNET", ("white", 4 / 255)] == 20.0
@@ -57,7 +60,7 @@ def test_tables_by_label_and_typed_columns():
 
 
 def test_unknown_names_list_what_there_is():
-    with pytest.raises(KeyError, match=r"available: \['dir', 'hgd'\]"):
+    with pytest.raises(KeyError, match=r"available: \['dir', 'hgd', 'idfr'\]"):
         R.paper_numbers("nope")
     with pytest.raises(KeyError, match=r"available: \['section4_2'.*'table5'\]"):
         R.paper_numbers("dir", "table9")
@@ -99,8 +102,8 @@ def test_every_number_is_printed_in_the_paper(path):
         by_line = {}
         for r, v in zip(rows, printed):
             key = tuple(r[k] for k in r if k not in ("value", "note", "attack", "threat_model", "eps", "steps",
-                                                      "test_set", "unit"))
+                                                      "test_set", "unit", *LINE_SPANS.get(path.parent.name, ())))
             by_line.setdefault(key, []).append(v)
-        for key, values in by_line.items():
-            assert re.search(r"[%\s]+".join(map(re.escape, values)), text), (path.name, key, values)
+        for key, values in by_line.items():  # between two cells: spaces, %, IDFR's a/b/c triples and bold tags
+            assert re.search(r"(?:[%\s/]|</?b>)+".join(map(re.escape, values)), text), (path.name, key, values)
     assert all(math.isfinite(float(r["value"])) for r in rows)
