@@ -24,6 +24,21 @@ def test_oblivious_rows_match_one_evaluation_per_purifier(shapes_model):
     assert rows[1]["accuracy"] != rows[0]["accuracy"] or rows[0]["accuracy"] == 1
 
 
+def test_transfer_rows_score_a_defense_with_its_own_classifier_on_the_same_images(shapes_model):
+    model, x, y = shapes_model
+    x, y = x[:24], y[:24]
+    surrogate = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(x[0].numel(), 10))
+    other = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(x[0].numel(), 10))
+    rows = evaluate_oblivious({"none": None, "other": (None, other, "other classifier")}, model, x, y,
+                              attack="bim", threat_model="transfer", surrogate=surrogate, eps=8 / 255, steps=3,
+                              classifier="natural", seed=1)
+    assert [r["classifier"] for r in rows] == ["natural", "other classifier"]
+    for row, clf in zip(rows, (model, other)):  # the surrogate's images, scored by each classifier
+        single = evaluate(None, clf, x, y, attack="bim", threat_model="transfer", surrogate=surrogate,
+                          eps=8 / 255, steps=3, seed=1)
+        assert row["accuracy"] == single["accuracy"]
+
+
 def test_oblivious_rows_refuse_attacks_that_see_the_purifier(shapes_model):
     model, x, y = shapes_model
     with pytest.raises(ValueError, match="evaluate"):

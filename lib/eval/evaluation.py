@@ -123,6 +123,9 @@ def evaluate_oblivious(purifiers: dict[str, nn.Module | None], target: nn.Module
 
     The adversarial images do not depend on the purifier, so they are computed once and scored through
     each defense; every row is the one `evaluate` would give (its `seconds` include the shared attack).
+    A value may also be `(purifier, classifier, classifier_name)`: a defense that changes the classifier
+    behind its purifier (IDFR's feature restorer, an adversarially trained target), scored with that
+    classifier on the same images; the attack saw neither (it was crafted on `target`, or on `surrogate`).
     """
     defense_runs = check_count(defense_runs, "defense_runs", 1, RUNS_HINT)
     if parse_threat_model(threat_model)[0] not in ("oblivious", "transfer"):
@@ -134,12 +137,13 @@ def evaluate_oblivious(purifiers: dict[str, nn.Module | None], target: nn.Module
                                       batch_size=batch_size, return_adversarial=True)
     attack_seconds = time.perf_counter() - start
     rows = []
-    for name, purifier in purifiers.items():
+    for name, defense in purifiers.items():
         begin = time.perf_counter()
+        purifier, model, model_name = defense if isinstance(defense, tuple) else (defense, target, classifier)
         purifier = (purifier or Identity()).eval()
-        scored = score(purifier, target.eval(), adversarial, y, defense_runs, seed)
+        scored = score(purifier, model.eval(), adversarial, y, defense_runs, seed)
         rows.append(result_row(
-            defense=name, classifier=classifier, dataset=dataset, threat_model=threat_model, attack=attack,
+            defense=name, classifier=model_name, dataset=dataset, threat_model=threat_model, attack=attack,
             eps=eps, steps=first_row["steps"], step_size=first_row["step_size"], correct=int(scored["worst"].sum()),
             n=len(y), seed=seed, seconds=attack_seconds + time.perf_counter() - begin,
             accuracy_mean_run=float(scored["mean"].mean()), accuracy_majority=float(scored["majority"].float().mean()),
