@@ -49,8 +49,9 @@ SCALES: dict[str, Scale] = {
         attack_steps=3, eot_samples=2, defense_runs=2,
     ),
     # the paper's trends on the embedded data, minutes on 2 CPU cores. Width 8, not 16: on shapes10 it reaches
-    # the same clean accuracy (0.98-0.99) and PGD-AT 0.58 at PGD-20 (width 16 gave 0.48), at a third of the
-    # cost of every attack and training step (1600 vs 500 images/s for a forward-backward pass on 2 cores)
+    # the same clean accuracy (natural 0.98) and PGD-AT 0.42-0.58 at PGD-20 depending on the thread count it
+    # trained with (width 16 gave 0.48), at a third of the cost of every attack and training step (1600 vs 500
+    # images/s for a forward-backward pass on 2 cores)
     "quick": Scale(
         name="quick", n_train=10_000, n_test=1_000, n_eval=500, classifier="resnet_small", width=8,
         epochs=6, batch_size=128, lr=0.2, robust_epochs=6, robust_steps=3,

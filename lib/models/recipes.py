@@ -68,7 +68,9 @@ def recipe_for(name: str, scale: Scale, **overrides) -> Recipe:
         # quick for any lr and β. PGD-AT: when it leaves depends on rounding, so the result did too (clean
         # 0.91 with 2 torch threads, 0.63 with 1; width 8: 0.44 at lr 0.2, 0.19 at lr 0.1, the loss at
         # log 10 for 3 of 6 epochs). Ramping ε up over the first 30% of the steps (curriculum AT, Cai et al.
-        # 2018) leaves it at once (width 8, lr 0.2: clean 0.98, PGD-20 0.58); a deviation from both papers.
+        # 2018) leaves it in the first epoch (width 8, lr 0.2: clean 0.98 / PGD-20 0.58 trained with 1 thread,
+        # 0.94 / 0.42 with 2: still not bit-stable across thread counts, but no longer a collapse); a deviation
+        # from both papers.
         base["eps_warmup"] = 0.3
     base.update(overrides)
     return Recipe(**base)
