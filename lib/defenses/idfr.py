@@ -169,6 +169,16 @@ def training_examples(target: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: 
     return torch.cat([fgsm, bim])
 
 
+def training_batch(target: nn.Module, x: torch.Tensor, y: torch.Tensor, s: IDFRSettings, generator: torch.Generator,
+                   attack_generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """x′ ‖ x_e of one batch and their labels: the AEs at an ε drawn from `s.train_eps`, then `s.rounds`
+    Gaussian copies of x (Algorithms 1 and 2 both train on this set)."""
+    eps = s.train_eps[int(torch.randint(len(s.train_eps), (1,), generator=generator))]
+    x_adv = training_examples(target, x, y, eps, s.bim_steps, attack_generator)
+    x_e = gaussian_rounds(x, s.rounds, s.sigma, attack_generator)
+    return torch.cat([x_adv, x_e]), torch.cat([y, y.repeat(s.rounds)])
+
+
 def same_label_partners(y: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """For each row i a random index j with y[j] == y[i] (a permutation within each label; i itself when its
     label is unique in the batch)."""
@@ -199,11 +209,7 @@ class IDTrainer:
         self.attack_generator = torch.Generator(device=device).manual_seed(seed)
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> dict:
-        s = self.settings
-        eps = s.train_eps[int(torch.randint(len(s.train_eps), (1,), generator=self.generator))]
-        x_adv = training_examples(self.target, x, y, eps, s.bim_steps, self.attack_generator)
-        x_e = gaussian_rounds(x, s.rounds, s.sigma, self.attack_generator)
-        inputs, labels = torch.cat([x_adv, x_e]), torch.cat([y, y.repeat(s.rounds)])
+        inputs, labels = training_batch(self.target, x, y, self.settings, self.generator, self.attack_generator)
         self.model.train()
         logits = self.target(self.model(inputs))
         loss = F.cross_entropy(logits, labels)
@@ -231,13 +237,10 @@ class FRTrainer:
 
     def embeddings(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """h of ID(x′) and ID(x_e) for one batch, with their labels (no gradients: both models are fixed)."""
-        s = self.settings
-        eps = s.train_eps[int(torch.randint(len(s.train_eps), (1,), generator=self.generator))]
-        x_adv = training_examples(self.target, x, y, eps, s.bim_steps, self.attack_generator)
-        x_e = gaussian_rounds(x, s.rounds, s.sigma, self.attack_generator)
+        inputs, labels = training_batch(self.target, x, y, self.settings, self.generator, self.attack_generator)
         with torch.no_grad():
-            h = self.encoder(self.denoiser(torch.cat([x_adv, x_e])))
-        return h, torch.cat([y, y.repeat(s.rounds)])
+            h = self.encoder(self.denoiser(inputs))
+        return h, labels
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> dict:
         h, labels = self.embeddings(x, y)
