@@ -1,7 +1,7 @@
 """Own data from the notebooks: an image folder, or re-packed torchvision files, through the notebook parameters.
 
-The end-to-end test writes a tiny image folder (4 classes of 32 px PNGs: threat_models runs AutoAttack, whose
-APGD-T targeted DLR loss needs at least 4 classes) and runs tour and threat_models on it through the papermill
+The end-to-end test writes a tiny image folder (3 classes of 32 px PNGs: threat_models then leaves out
+AutoAttack, whose APGD-T targeted DLR loss needs at least 4) and runs tour and threat_models on it through the papermill
 driver at smoke scale, as `python -m lib.run.reproduce --scale smoke --only tour threat_models -p dataset
 imagefolder -p data_root <folder> -p image_size 32` does (about 2 minutes on 2 cores, most of it
 threat_models' strong attacks). The driver's outputs and
@@ -27,6 +27,7 @@ from test_data_formats import CIFAR10_NAMES, _write_cifar  # tests/ is on sys.pa
 
 REAL_REPO = reproduce.REPO
 CLASSES = ("ant", "bee", "cat", "dog")
+THREE = CLASSES[:3]  # the end-to-end folder: fewer classes than AutoAttack needs
 SMOKE = dict(scale="smoke", seed=0, device="cpu")  # the other start_run parameters of tour
 
 
@@ -68,7 +69,7 @@ def _outputs_text(path) -> str:
 
 
 def test_tour_and_threat_models_run_on_an_image_folder(tmp_path, out, capsys):
-    folder = write_folder(tmp_path / "my images")  # a space in the path: passed through as it is
+    folder = write_folder(tmp_path / "my images", classes=THREE)  # a space in the path: passed through as it is
     parameters = {"dataset": "imagefolder", "data_root": str(folder), "image_size": 32}
     argv = ["--scale", "smoke", "--only", "tour", "threat_models", "--kernel", "python3"]
     argv += [a for key, value in parameters.items() for a in ("-p", key, str(value))]
@@ -95,19 +96,23 @@ def check_folder_runs(out, cache, folder, parameters):
             assert not (REAL_REPO / kept).exists(), f"the test wrote {kept} into the repository"
         if name == "tour":
             text = _outputs_text(runs / "runs" / tag / "tour.ipynb")
-            assert f"imagefolder: 24 test images of shape (3, 32, 32), classes {CLASSES}" in text
+            assert f"imagefolder: 18 test images of shape (3, 32, 32), classes {THREE}" in text
             assert (out / "figures" / "smoke" / "runs" / tag / "examples_per_class.png").exists()
+        else:  # APGD-DLR runs with 3 classes; AutoAttack is left out, and the notebook says so
+            strong = pd.read_csv(runs / "runs" / tag / "results" / "strong_attacks.csv")
+            assert "apgd_dlr" in set(strong.attack) and "autoattack" not in set(strong.attack)
+            assert "left out with 3 classes" in _outputs_text(runs / "runs" / tag / "threat_models.ipynb")
 
-    # the cached classifiers were built for the folder: 4 outputs, the folder's identity in their specs
+    # the cached classifiers were built for the folder: 3 outputs, the folder's identity in their specs
     checkpoints = sorted(cache.glob("classifier-*.pt"))
     assert len(checkpoints) == 2  # natural (trained by tour, loaded by threat_models) and pgd_at
     for path in checkpoints:
         payload = torch.load(path, weights_only=True)
         spec = json.loads(payload["spec"])
-        assert spec["dataset"] == "imagefolder" and spec["data"]["classes"] == list(CLASSES)
-        assert spec["data"]["image_size"] == 32 and spec["data"]["files"] == {"train": 48, "test": 24}
+        assert spec["dataset"] == "imagefolder" and spec["data"]["classes"] == list(THREE)
+        assert spec["data"]["image_size"] == 32 and spec["data"]["files"] == {"train": 36, "test": 18}
         assert spec["data"]["root"] == str(folder.resolve())
-        assert payload["state_dict"]["linear.weight"].shape[0] == len(CLASSES)
+        assert payload["state_dict"]["linear.weight"].shape[0] == len(THREE)
 
 
 def test_cifar10_format_files_load_with_verify_checksums_false_from_the_notebook_parameters(tmp_path, out):
