@@ -5,7 +5,7 @@ Each test reruns one cell of a kept quick notebook run through lib, with the not
 under `papermill_runs/quick/results/<notebook>/`:
 
 - tour: clean accuracy and PGD-20 at ε = 8/255 of the natural classifier on the 500 evaluation images;
-- transforms: JPEG (quality 25) on the natural classifier, 50 images: PGD-20 oblivious (high) against BPDA
+- transforms: JPEG (quality 25) on the natural classifier, 200 images: PGD-20 oblivious (high) against BPDA
   PGD-20 (collapsed), with the undefended oblivious row as the baseline;
 - threat_models: the PGD-AT target under PGD-20 at ε = 8/255 on 250 images;
 - hgd: Fig. 5's top-layer E_l of adversarial, random-noise, pixel-denoised (DUNET) and LGD-denoised inputs.
@@ -219,7 +219,7 @@ def test_transforms_jpeg25_oblivious_versus_bpda(cached_only):
     lib.seed_everything(SEED)
     eps = 8 / 255
     x_all, y_all = eval_images(S)
-    n = max(S.n_eval // 10, 16)  # the notebook's budget(slow=False): 50 images, PGD-20, EOT S.eot_samples
+    n = max(S.n_eval * 2 // 5, 16)  # the notebook's BUDGET[False]: 200 images, PGD-20, EOT S.eot_samples
     x, y = x_all[:n], y_all[:n]
     model = classifier("natural", S)
     jpeg = lib.build_transform("jpeg", quality=25).reseed(SEED)

@@ -158,9 +158,9 @@ def test_a_correct_fake_passes_the_check(monkeypatch):
     check_defense_contract(get_defense("fake", device="cpu").purifier, _fake(_Noise), torch.rand(2, 3, 16, 16))
 
 
-def test_the_registry_covers_every_transform_baseline_hgd_variant_and_dir():
+def test_the_registry_covers_every_transform_baseline_hgd_variant_dir_and_idfr():
     hgd = {f"hgd_{o}" for o in OBJECTIVES if o != "pixel"} | {f"hgd_pixel_{a}" for a in ARCHITECTURES}
-    assert set(DEFENSES) == set(TRANSFORMS) | set(BASELINES) | hgd | {"dir"}
+    assert set(DEFENSES) == set(TRANSFORMS) | set(BASELINES) | hgd | {"dir", "idfr"}
     assert all(e.name == name and e.kind in registry.KINDS and e.citation for name, e in DEFENSES.items())
     assert len(registry.table()) == len(DEFENSES)
 
