@@ -210,3 +210,11 @@ def test_training_summary_lines():
     assert out.loc["DAE", "from cache"] and out.loc["DAE", "train seconds"] == 12.3
     assert out.loc["DAE", "loss by epoch"] == [0.1235, 0.1] and out.loc["DAE", "train pairs"] == 70
     assert pd.isna(out.loc["JATP", "train pairs"])
+
+
+def test_eps_table_pivots_accuracy_in_percent_with_eps_in_255():
+    frame = pd.DataFrame({"defense": ["a", "a", "b", "b"], "attack": ["fgsm", "bim", "fgsm", "bim"],
+                          "eps": [8 / 255, 8 / 255, 8 / 255, 8 / 255], "accuracy": [0.5, 0.25, 1.0, 0.0]})
+    table = P.eps_table(frame, "defense")
+    assert list(table.columns) == [("fgsm", 8), ("bim", 8)]  # the frame's order, ε in /255
+    assert table.loc["a", ("bim", 8)] == 25.0 and table.loc["b", ("fgsm", 8)] == 100.0

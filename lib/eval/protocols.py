@@ -225,6 +225,16 @@ def attack_table(frame: pd.DataFrame, labels: Mapping[str, str] = ATTACK_LABELS,
     return out[[c for c in order if c in out]].round(2)
 
 
+def eps_in_255(table: pd.DataFrame) -> pd.DataFrame:
+    """A table with (attack, ε) columns, ε shown in /255 (4, 8, 16) instead of fractions of 1."""
+    return table.rename(columns=lambda e: round(e * 255) if isinstance(e, float) else e)
+
+
+def eps_table(frame: pd.DataFrame, index: str | list[str], value: str = "accuracy") -> pd.DataFrame:
+    """`value` in % by `index` × (attack, ε in /255), rows and columns in the frame's order (one row per cell)."""
+    return eps_in_255(100 * frame.pivot_table(index=index, columns=["attack", "eps"], values=value, sort=False))
+
+
 def threat_setting(threat_model: str) -> str:
     """'clean' (no attack), 'oblivious', 'transfer', or 'adaptive' (the attacker sees the purifier)."""
     return {"none": "clean", "oblivious": "oblivious", "transfer": "transfer"}.get(threat_model, "adaptive")
