@@ -189,9 +189,10 @@ def test_accuracy_columns_and_side_by_side(table1_rows):
 def test_claims_give_no_verdict_on_a_collapsed_model():
     frame = rows_frame([row("DIR", "none", "none", 1, classifier="natural"), row("DIR", "pgd", "white-box", 1,
                                                                                classifier="natural"),
-                        row("DIR", "none", "none", 9, classifier="pgd_at"), row("DIR", "pgd", "white-box", 6,
-                                                                              classifier="pgd_at"),
-                        row("None", "pgd", "white-box", 4, classifier="pgd_at")])
+                        # 1000 images, so that 60% against 40% is a verdict and not "cannot tell at this size"
+                        row("DIR", "none", "none", 900, n=1000, classifier="pgd_at"),
+                        row("DIR", "pgd", "white-box", 600, n=1000, classifier="pgd_at"),
+                        row("None", "pgd", "white-box", 400, n=1000, classifier="pgd_at")])
     collapsed = P.collapsed_models(frame, n_classes=10)
     assert collapsed == {("DIR", "natural"): 0.1}
     rows = frame.to_dict("records")
