@@ -5,7 +5,8 @@ dry version that records each spec and hands back the freshly built, untrained m
 are compared with `tests/data/quick_spec_hashes.json`: a change that alters any of them invalidates every user's
 cache and retrains the model, so it must be deliberate. The file was written before lib was reorganised into
 packages (which changed none), and rewritten when quick moved to a width-8 target and ε warm-up for PGD-AT
-(`python tests/quick_specs.py > tests/data/quick_spec_hashes.json`; say why in the commit).
+(`python tests/quick_specs.py > tests/data/quick_spec_hashes.json`; say why in the commit), and extended
+(entries added, none changed) when the idfr notebook's quick run was first kept.
 `quick_run_specs(dry=False)` trains them for real (into $PURIFY_CACHE), in the order the notebooks need them.
 """
 from __future__ import annotations
@@ -15,6 +16,7 @@ from unittest import mock
 from lib.core.cache import ModelCache, spec_hash
 
 SCALE, DATASET, SEED = "quick", "shapes10", 0
+IDFR_ONLY = ("adp", "soap")  # baselines only the idfr notebook uses, against the natural target
 # dir_ablations' variants of get_dir's defaults
 DIR_VARIANTS = (dict(mask_ratio=0.3), dict(mask_ratio=0.7), dict(alpha=0.0), dict(alpha=1.0), dict(alpha=5.0),
                 dict(pretrain=False), dict(depth=2, decoder_depth=1), dict(depth=4, decoder_depth=1),
@@ -26,6 +28,7 @@ def quick_run_specs(dry: bool = True, log=None, scale: str = SCALE) -> dict[str,
     from lib.defenses.baselines import BASELINES, get_baseline
     from lib.defenses.dir_setup import get_adversarially_trained, get_dir
     from lib.defenses.hgd_setup import ROLES, get_hgd, hgd_classifiers
+    from lib.defenses.idfr_setup import get_idfr
     from lib.models.zoo import get_classifier
 
     found: dict[str, dict] = {}
@@ -54,7 +57,7 @@ def quick_run_specs(dry: bool = True, log=None, scale: str = SCALE) -> dict[str,
                 sources=models, **args)
         for r in ("natural", "pgd_at"):  # baselines (natural); dir, dir_ablations, dir_adaptive (both)
             against = dict(target=clf[r][0], target_record=clf[r][1], **args)
-            for name in BASELINES:
+            for name in (b for b in BASELINES if b not in IDFR_ONLY):
                 base = get_baseline(name, DATASET, scale, SEED, **against)
                 if r == "pgd_at" and name in ("ape_gan", "nrp"):
                     get_adversarially_trained(name, *base, DATASET, scale, SEED, **against)
@@ -65,6 +68,13 @@ def quick_run_specs(dry: bool = True, log=None, scale: str = SCALE) -> dict[str,
         for overrides in DIR_VARIANTS:
             get_dir(DATASET, scale, SEED, target=clf["pgd_at"][0], target_record=clf["pgd_at"][1], **args,
                     **overrides)
+        # idfr: its surrogate (another seed), the fast-AT target, ID and FR, ADP and SOAP (NRP, ComDefend above)
+        get_classifier(DATASET, "natural", scale, SEED + 1, **args)
+        get_classifier(DATASET, "fast_at", scale, SEED, **args)
+        natural = dict(target=clf["natural"][0], target_record=clf["natural"][1], **args)
+        get_idfr(DATASET, scale, SEED, **natural)
+        for name in IDFR_ONLY:
+            get_baseline(name, DATASET, scale, SEED, **natural)
     return found
 
 

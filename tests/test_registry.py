@@ -95,7 +95,7 @@ def test_every_registered_defense_meets_its_contract(name, smoke):
                                                    progress=False)
         check_defense_contract(purifier, entry, x)
         assert record["spec"]["dataset"] == dataset and record["hash"]
-        own = name.startswith("menet") or name == "idfr"  # ME-Net's own classifier; IDFR's head ∘ FR ∘ encoder
+        own = name.startswith("menet") or name in ("idfr", "soap")  # ME-Net's, SOAP's own; IDFR's head ∘ FR ∘ encoder
         assert (classifier is record["classifier"]) if own else (classifier is target)
         with torch.no_grad():
             assert classifier(purifier(x)).shape == (len(x), 10)

@@ -8,8 +8,11 @@
     comdefend  ComDefend (lib.defenses.comdefend), trained on clean images only
     menet      ME-Net (lib.defenses.menet) with a classifier trained naturally on ME-Net images
     menet_adv  ME-Net with a classifier adversarially trained through the ME-Net layer (BPDA), DIR's "ME-Net-A"
-Each module's docstring cites its paper and lists our deviations. ME-Net changes the classifier: its record
-carries the trained classifier as `record["classifier"]`; evaluate it as record["classifier"] ∘ purifier.
+    adp        ADP (lib.defenses.adp), Yoon et al.'s score-based purification, trained by DSM on clean images
+    soap       SOAP-LC (lib.defenses.soap): a classifier of the target's architecture trained jointly with the
+               label-consistency loss, purified at test time by minimising that loss (IDFR's baselines)
+Each module's docstring cites its paper and lists our deviations. ME-Net and SOAP change the classifier: their
+record carries the trained classifier as `record["classifier"]`; evaluate it as record["classifier"] ∘ purifier.
 Every spec holds the target's hash, so a baseline is never reused in front of a classifier it was not built for.
 """
 from __future__ import annotations
@@ -18,23 +21,26 @@ import dataclasses
 
 from torch import nn
 
+from lib.defenses import adp
 from lib.defenses import ape_gan
 from lib.defenses import comdefend
 from lib.defenses import jatp
 from lib.defenses import menet
 from lib.defenses import nrp
+from lib.defenses import soap
 from lib.core.cache import ModelCache
 from lib.core.fit import trained
 from lib.models.classifiers import build_classifier
+from lib.models.recipes import Recipe, recipe_for
 from lib.core.data import data_spec, image_shape, load_dataset
 from lib.core.settings import Scale, get_scale, resolve_device, scale_settings, seed_everything
 
-BASELINES = ("ape_gan", "nrp", "jatp", "comdefend", "menet", "menet_adv")
+BASELINES = ("ape_gan", "nrp", "jatp", "comdefend", "menet", "menet_adv", "adp", "soap")
 DISPLAY_NAMES = {"ape_gan": "APE-GAN", "nrp": "NRP", "jatp": "JATP", "comdefend": "ComDefend", "menet": "ME-Net",
-                 "menet_adv": "ME-Net-A"}
+                 "menet_adv": "ME-Net-A", "adp": "ADP", "soap": "SOAP"}
 BASELINE_VERSION = 1
 _MODULES = {"ape_gan": ape_gan, "nrp": nrp, "jatp": jatp, "comdefend": comdefend, "menet": menet,
-            "menet_adv": menet}
+            "menet_adv": menet, "adp": adp, "soap": soap}
 
 
 def _check_name(name: str) -> str:
@@ -48,10 +54,20 @@ def baseline_settings(name: str, scale: str | Scale):
     return scale_settings(_MODULES[_check_name(name)].SETTINGS, scale, DISPLAY_NAMES[name])
 
 
+def soap_recipe(scale: Scale, settings) -> Recipe:
+    """The natural recipe of the scale (SGD, one-cycle lr) for SOAP's epochs; settings: SOAPSettings or its dict."""
+    epochs = settings["epochs"] if isinstance(settings, dict) else settings.epochs
+    return recipe_for("natural", scale, epochs=epochs)
+
+
 def baseline_spec(name: str, dataset: str, scale: Scale, seed: int, target_record: dict, data_root=None) -> dict:
+    settings = dataclasses.asdict(baseline_settings(name, scale))
+    if name == "soap":  # the cached weights are the classifier's: the purification settings do not train it
+        settings = {"aux_weight": settings["aux_weight"], "view_noise": settings["view_noise"],
+                    "recipe": dataclasses.asdict(soap_recipe(scale, settings)), "arch": target_record["spec"]["arch"],
+                    "width": target_record["spec"]["width"], "n_train": settings["n_train"]}
     return {"kind": f"baseline_{name}", "version": BASELINE_VERSION, **data_spec(dataset, data_root),
-            "scale": scale.name, "settings": dataclasses.asdict(baseline_settings(name, scale)), "seed": seed,
-            "target": target_record["hash"]}
+            "scale": scale.name, "settings": settings, "seed": seed, "target": target_record["hash"]}
 
 
 def get_baseline(name: str, dataset: str = "shapes10", scale: str | Scale = "quick", seed: int = 0, *,
@@ -75,12 +91,25 @@ def get_baseline(name: str, dataset: str = "shapes10", scale: str | Scale = "qui
     def train_data():
         return load_dataset(dataset, "train", data_root).subset(settings.n_train, seed)
 
+    def new_classifier() -> nn.Module:  # the target's architecture, for the defenses that train their own
+        return build_classifier(target_record["spec"]["arch"], dataset, target_record["spec"]["width"],
+                                data_root=data_root)
+
+    if name == "soap":
+        def train_soap(classifier: nn.Module) -> dict:
+            test = load_dataset(dataset, "test", data_root).subset(scale.n_test, seed)
+            return soap.train_soap_classifier(classifier, train_data(), test, soap_recipe(scale, settings), settings,
+                                              device=device, seed=seed, progress=progress)
+
+        classifier, record = trained(spec, new_classifier, train_soap, cache=cache, device=device, seed=seed)
+        record["classifier"] = classifier
+        return soap.build_purifier(classifier, settings).to(device).eval(), record
+
     if name in ("menet", "menet_adv"):
         purifier = menet.menet_from_settings(settings, seed).to(device)
 
         def build() -> nn.Module:  # the cached weights are the ME-Net classifier's
-            return menet.initial_classifier(target, settings, lambda: build_classifier(
-                target_record["spec"]["arch"], dataset, target_record["spec"]["width"], data_root=data_root))
+            return menet.initial_classifier(target, settings, new_classifier)
 
         def train(classifier: nn.Module) -> dict:
             training_purifier = menet.menet_from_settings(settings, seed)  # its own masks, not the evaluated one's
@@ -103,6 +132,8 @@ def get_baseline(name: str, dataset: str = "shapes10", scale: str | Scale = "qui
         if name == "jatp":
             return jatp.train(purifier, train_data(), settings, target=target, device=device, seed=seed,
                               progress=progress)
+        if name == "adp":
+            return adp.train(purifier, train_data(), settings, device=device, seed=seed, progress=progress)
         return comdefend.train(purifier, train_data(), settings, device=device, seed=seed, progress=progress)
 
     return trained(spec, lambda: module.build(settings, channels), train, cache=cache, device=device, seed=seed)

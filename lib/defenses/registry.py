@@ -21,7 +21,7 @@ to the image size) updated by keyword options of their constructor (`get_defense
 Learned defenses go through their cached getters (`get_baseline`, `get_hgd`, `get_dir`: trained the first
 time, loaded afterwards) and take those getters' extra options (HGD: `classes`, `sources`; DIR: the
 ablations' `mask_ratio`, `alpha`, ...). The classifier is `target`, except for ME-Net, which trains its
-own classifier on ME-Net images, and IDFR, whose feature restorer sits inside the target (head ∘ FR ∘
+own classifier on ME-Net images, SOAP, whose classifier is trained with its auxiliary loss, and IDFR, whose feature restorer sits inside the target (head ∘ FR ∘
 encoder; `record["classifier"]`). Paper notebooks call `get_defense` where they
 called the separate getters; the leaderboard walks `DEFENSES` (`table()` shows it), builds each defense for
 each target and picks the threat models from the flags (white-box or BPDA, plus EOT when randomized).
@@ -39,6 +39,7 @@ from lib.core.cache import spec_hash
 from lib.core.data import image_shape
 from lib.core.purifiers import Purifier
 from lib.core.settings import Scale, get_scale, resolve_device
+from lib.defenses.adp import ADP
 from lib.defenses.ape_gan import APEGAN
 from lib.defenses.baselines import baseline_settings, get_baseline
 from lib.defenses.comdefend import ComDefend
@@ -51,6 +52,7 @@ from lib.defenses.idfr_setup import get_idfr, idfr_settings
 from lib.defenses.jatp import JATP
 from lib.defenses.menet import MENet
 from lib.defenses.nrp import NRP
+from lib.defenses.soap import SOAP
 from lib.defenses.transforms import TRANSFORMS, build_transform
 
 __all__ = ["DefenseEntry", "ReadyDefense", "DEFENSES", "get_defense", "defense_settings", "table"]
@@ -176,6 +178,9 @@ _BASELINES = {  # name -> (display name, citation, purifier class)
                   'Adversarial Examples", CVPR 2019', ComDefend),
     "menet": ("ME-Net", MENET, MENet),
     "menet_adv": ("ME-Net-A", f"{MENET}; adversarially trained classifier as in DIR's Table 3", MENet),
+    "adp": ("ADP", 'Yoon, Hwang, Lee, "Adversarial Purification with Score-based Generative Models", ICML 2021', ADP),
+    "soap": ("SOAP", 'Shi, Holtz, Mishne, "Online Adversarial Purification based on Self-Supervised Learning", '
+             "ICLR 2021; the label-consistency variant", SOAP),
 }
 
 _HGD = {  # name -> (display name, objective, architecture)
