@@ -242,3 +242,37 @@ def test_foreign_or_incomplete_payload_raises(tmp_path, change):
     with pytest.raises(CheckpointError, match="format") as info:
         cache.load_or_train(SPEC, build, train)
     assert str(path) in str(info.value) and train.calls == 0
+
+
+CONCURRENT_JOB = """
+import sys, time, torch
+from lib.core.cache import ModelCache
+root, log = sys.argv[1], sys.argv[2]
+
+def train(model):
+    with open(log, "a") as f:
+        f.write("trained\\n")
+    time.sleep(1.5)  # long enough that the second job asks while the first is still training
+    torch.nn.init.constant_(model.weight, 0.25)
+    return {"loss": 0.0}
+
+model, record = ModelCache(root).load_or_train({"kind": "toy", "v": 1}, lambda: torch.nn.Linear(2, 2), train)
+print(record["cached"], float(model.weight[0, 0]))
+"""
+
+
+def test_two_processes_asking_for_one_uncached_model_train_it_once(tmp_path):
+    import subprocess
+    import sys
+
+    from lib.core.provenance import REPO
+
+    log = tmp_path / "log.txt"
+    jobs = [subprocess.Popen([sys.executable, "-c", CONCURRENT_JOB, str(tmp_path / "cache"), str(log)], cwd=REPO,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [job.communicate(timeout=120) for job in jobs]
+    assert all(job.returncode == 0 for job in jobs), [err[-500:] for _, err in outputs]
+    assert log.read_text().count("trained") == 1
+    results = sorted(out.split()[0] for out, _ in outputs)
+    assert results == ["False", "True"]  # one trained it, the other waited and loaded it
+    assert all(out.split()[1] == "0.25" for out, _ in outputs)

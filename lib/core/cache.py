@@ -3,7 +3,9 @@
 A *spec* is a JSON-able dict (architecture, recipe, dataset, scale-dependent sizes, seed, code version of
 the recipe). The checkpoint `<root>/<kind>-<hash>.pt` holds the spec, the state dict and the training
 metrics. Writes go to a temporary file in the same folder, then `os.replace`, so a crash never leaves a
-half-written checkpoint under the final name. Loads use `weights_only=True`. A file that cannot be read,
+half-written checkpoint under the final name. Training holds a lock file `<kind>-<hash>.pt.lock` (filelock),
+so two jobs that need the same uncached model (parallel notebooks, Slurm array tasks on a shared disk) never
+both train it: the second waits, then loads what the first saved. Loads use `weights_only=True`. A file that cannot be read,
 or whose spec or tensors do not match what was asked for, is an error naming the file: never a silent
 retrain over it.
 """
@@ -18,6 +20,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from filelock import FileLock
 from torch import nn
 
 from lib.core.provenance import REPO, provenance
@@ -113,15 +116,19 @@ class ModelCache:
         """
         model = build()
         path = self.path(spec)
-        if path.exists():
-            start = time.perf_counter()
-            metrics = self.load(spec, model)
-            record = {"cached": True, "load_seconds": time.perf_counter() - start}
-        else:
-            metrics = train(model)
-            # where and when it was trained: cached times (seconds per epoch) mean little without the machine
-            metrics.setdefault("trained_on", provenance(device))
-            self.save(spec, model, metrics)
-            record = {"cached": False}
+        start = time.perf_counter()
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with FileLock(f"{path}.lock"):
+                if not path.exists():  # still missing once the lock is ours: nobody trained it while we waited
+                    metrics = train(model)
+                    # where and when it was trained: cached times (seconds per epoch) mean little without the machine
+                    metrics.setdefault("trained_on", provenance(device))
+                    self.save(spec, model, metrics)
+                    record = {"cached": False}
+                    record.update(metrics=metrics, path=str(path), hash=spec_hash(spec))
+                    return model.to(device).eval(), record
+        metrics = self.load(spec, model)
+        record = {"cached": True, "load_seconds": time.perf_counter() - start}
         record.update(metrics=metrics, path=str(path), hash=spec_hash(spec))
         return model.to(device).eval(), record
