@@ -224,3 +224,53 @@ def test_budget_flags_count_trained_models_and_compare_with_the_quick_budget(rep
     assert main(["--scale", "smoke", "--only", "tiny", *KERNEL]) == 0
     summary = capsys.readouterr().out.split("models trained")[1]
     assert "tiny" in summary and "total" in summary and "OVER" not in summary
+
+
+SLOW_BODY = """\
+import os, time
+from pathlib import Path
+
+results = Path(os.environ["PURIFY_RESULTS_DIR"])
+results.mkdir(parents=True, exist_ok=True)
+start = time.time()
+time.sleep(4)  # long enough that two jobs started together overlap however slowly their kernels start
+(results / "times.csv").write_text(f"start,end,gpu\\n{start},{time.time()},{os.environ.get('CUDA_VISIBLE_DEVICES')}\\n")
+"""
+
+
+def _add_slow_notebooks(notebooks, names=("slow_a", "slow_b")):
+    for name in names:
+        nb = nbformat.v4.new_notebook()
+        nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+        nb.cells = [nbformat.v4.new_code_cell("scale = None", metadata={"tags": ["parameters"]}),
+                    nbformat.v4.new_code_cell(SLOW_BODY)]
+        nbformat.write(nb, notebooks / f"{name}.ipynb")
+    return names
+
+
+def _times(repo, name):
+    start, end, gpu = (repo / "papermill_runs" / "smoke" / "results" / name / "times.csv").read_text().split("\n")[1].split(",")
+    return float(start), float(end), gpu
+
+
+@pytest.mark.parametrize("how", [["--jobs", "2"], ["--launcher", "local"]], ids=["jobs", "submitit-local"])
+def test_concurrent_runs_overlap_and_land_in_the_sequential_layout(repo, capsys, monkeypatch, how):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # no GPUs: the jobs share the CPU
+    names = _add_slow_notebooks(repo / "notebooks")
+    assert main(["--scale", "smoke", "--only", *names, *KERNEL, *how]) == 0
+    for name in names:
+        assert (repo / "papermill_runs" / "smoke" / f"{name}.ipynb").exists()
+    (a_start, a_end, _), (b_start, b_end, _) = (_times(repo, n) for n in names)
+    assert a_start < b_end and b_start < a_end  # the two notebooks ran at the same time
+    out = capsys.readouterr().out
+    assert "slow_a: wrote" in out and "slow_b: wrote" in out and "FAILED" not in out
+
+
+def test_jobs_get_one_gpu_each_and_never_more_jobs_than_gpus(repo, capsys, monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
+    names = _add_slow_notebooks(repo / "notebooks")
+    with pytest.raises(SystemExit):
+        main(["--scale", "smoke", "--only", *names, *KERNEL, "--jobs", "3"])
+    assert "2 visible GPU(s)" in capsys.readouterr().err
+    assert main(["--scale", "smoke", "--only", *names, *KERNEL, "--jobs", "2"]) == 0
+    assert sorted(_times(repo, n)[2] for n in names) == ["3", "5"]

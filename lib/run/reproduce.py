@@ -2,6 +2,8 @@
 
     python -m lib.run.reproduce --scale quick
     python -m lib.run.reproduce --scale smoke --only tour -p seed 1
+    python -m lib.run.reproduce --scale paper --jobs 4                       # 4 notebooks at once, one GPU each
+    python -m lib.run.reproduce --scale paper --launcher slurm --partition gpu --gpus-per-job 1 --time-limit 2880
 
 Each notebook runs into a staging folder; only when it succeeds do the executed notebook
 (papermill_runs/<scale>/<name>.ipynb), its result CSVs (papermill_runs/<scale>/results/<name>/) and its
@@ -27,6 +29,9 @@ At `quick` the driver checks the budget of ../shared/DESIGN.md on 2 CPU cores: 6
 (every model it needs already in the cache) and 10 cold, 30 minutes for all warm and 45 cold. A notebook is
 counted cold when it trained (saved) a model into the cache ($PURIFY_CACHE); the summary prints each notebook's
 time, how many models it trained, and flags every notebook (and the total) over its budget.
+
+`--jobs N` and `--launcher slurm|local` run notebooks concurrently (lib.run.launch); the outputs land in the
+same layout, and the summary's total is the sum of the notebooks' times, not the wall time.
 """
 from __future__ import annotations
 
@@ -282,6 +287,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"),
                         help="notebook parameter, e.g. -p seed 1 (repeatable)")
     parser.add_argument("--kernel", default=None, help="Jupyter kernel name (default: the notebook's)")
+    parser.add_argument("--jobs", type=int, default=1, metavar="N",
+                        help="notebooks run at once, each in its own process and on its own GPU when GPUs are visible")
+    parser.add_argument("--launcher", choices=("slurm", "local"), default=None,
+                        help="one submitit job per notebook: on Slurm, or submitit's local executor")
+    parser.add_argument("--partition", default=None, help="Slurm partition (--launcher slurm)")
+    parser.add_argument("--time-limit", type=int, default=240, metavar="MINUTES", help="per job (--launcher)")
+    parser.add_argument("--gpus-per-job", type=int, default=0, metavar="N", help="GPUs per job (--launcher)")
+    parser.add_argument("--cpus-per-job", type=int, default=None, metavar="N", help="CPUs per job (--launcher)")
+    parser.add_argument("--submitit-folder", default=None,
+                        help="submitit's logs (default papermill_runs/<scale>/submitit)")
     args = parser.parse_args(argv)
 
     names = available_notebooks()
@@ -293,20 +308,39 @@ def main(argv: list[str] | None = None) -> int:
     if "scale" in parameters:
         parser.error("set the scale with --scale, not -p scale")
 
-    summary = []
-    for name in selected:
-        print(f"[{args.scale}] {name} ...", flush=True)
-        before = cached_models()
-        result = run_notebook(name, args.scale, parameters, args.kernel)
-        trained = len(cached_models() - before)
-        summary.append((name, "ok" if result.ok else "FAILED", result.seconds, trained))
+    from lib.run.launch import notebook_job, run_parallel, run_submitit
+
+    def report(result) -> None:
         if result.ok:
-            print(f"  wrote {_shown(result.notebook)}", flush=True)
+            print(f"  {result.name}: wrote {_shown(Path(result.notebook))}", flush=True)
         elif result.failed_notebook is not None:
-            print(f"  failed: {result.message}\n  (kept the last good outputs; the failed notebook is in "
-                  f"{_shown(result.failed_notebook)})", flush=True)
+            print(f"  {result.name} failed: {result.message}\n  (kept the last good outputs; the failed notebook is "
+                  f"in {_shown(Path(result.failed_notebook))})", flush=True)
         else:
-            print(f"  failed: {result.message}\n  (nothing was run and nothing was written)", flush=True)
+            print(f"  {result.name} failed: {result.message}\n  (nothing was run and nothing was written)", flush=True)
+
+    if args.launcher or args.jobs > 1:
+        how = (f"as {args.launcher} submitit jobs" if args.launcher else f"{args.jobs} at a time")
+        print(f"[{args.scale}] {', '.join(selected)}: {how} ...", flush=True)
+        try:
+            if args.launcher:
+                folder = args.submitit_folder or REPO / "papermill_runs" / args.scale / "submitit"
+                results = run_submitit(selected, args.scale, parameters, args.kernel, cluster=args.launcher,
+                                       folder=folder, partition=args.partition, timeout_min=args.time_limit,
+                                       gpus_per_job=args.gpus_per_job, cpus_per_job=args.cpus_per_job)
+            else:
+                results = run_parallel(selected, args.scale, parameters, args.kernel, args.jobs)
+        except ValueError as err:
+            parser.error(str(err))
+        for result in results:
+            report(result)
+    else:
+        results = []
+        for name in selected:
+            print(f"[{args.scale}] {name} ...", flush=True)
+            results.append(notebook_job(name, args.scale, parameters, args.kernel, str(REPO), str(NOTEBOOKS)))
+            report(results[-1])
+    summary = [(r.name, "ok" if r.ok else "FAILED", r.seconds, r.trained) for r in results]
 
     width = max(len(n) for n, *_ in summary + [("total",)])
     print(f"\n{'notebook':<{width}}  status  minutes  models trained")
