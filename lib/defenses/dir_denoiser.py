@@ -68,15 +68,14 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from timm.layers import PatchEmbed, build_sincos2d_pos_embed
-from timm.models.vision_transformer import Block
 from torch import nn
 
 from lib.attacks.pgd import pgd_linf
 from lib.core.data import ImageData, augment_flip_crop
 from lib.core.fit import Frozen, epoch_batches, fit
-from lib.core.purifiers import Defended, Purifier
-from lib.core.settings import Scale, check_eps, check_images, resolve_device, scale_settings
+from lib.core.purifiers import Defended
+from lib.core.settings import Scale, check_eps, resolve_device, scale_settings
+from lib.defenses.mae import MaskedAutoencoder
 
 DIR_VERSION = 2  # 2: quick uses AdamW and longer training; exact clamp in training
 
@@ -194,12 +193,13 @@ def complementary_masks(batch_size: int, n_patches_h: int, n_patches_w: int, k: 
 # The denoiser (Section 4.1): an MAE-style ViT
 # ----------------------------------------------------------------------------------------------------------
 
-class DIRDenoiser(Purifier):
+class DIRDenoiser(MaskedAutoencoder):
     """g_ω: K complementary masks, one MAE-style reconstruction per mask, restored image = their mean (Eq. 5).
 
     forward(x′: (N, C, H, W) in [0, 1]) -> x̃: (N, C, H, W) in [0, 1], H = W = image_size. Fresh masks from
     this purifier's own generator on every call (random, differentiable). reconstruct(x, masks) gives the
-    per-mask reconstructions (N, K, C, H, W) for masks (N, K, L) bool, True = visible.
+    per-mask reconstructions (N, K, C, H, W) for masks (N, K, L) bool, True = visible. The encoder, decoder
+    and their embeddings are lib.defenses.mae's, shared with IMPure.
     """
 
     differentiable = True
@@ -208,66 +208,20 @@ class DIRDenoiser(Purifier):
     def __init__(self, channels: int = 3, image_size: int = 32, patch_size: int = 2, dim: int = 192, depth: int = 8,
                  heads: int = 3, decoder_dim: int = 192, decoder_depth: int = 2, decoder_heads: int = 3,
                  mlp_ratio: float = 4.0, mask_ratio: float = 0.5, k: int | None = None, seed: int = 0):
-        super().__init__(seed)
-        if image_size % patch_size:
-            raise ValueError(f"image_size {image_size} is not a multiple of patch_size {patch_size}.")
-        if dim % 4 or decoder_dim % 4:
-            raise ValueError(f"The 2-D sine-cosine position embedding needs widths divisible by 4; got dim={dim}, "
-                             f"decoder_dim={decoder_dim}.")
-        self.channels, self.image_size, self.patch_size = channels, image_size, patch_size
-        self.grid = image_size // patch_size
-        self.n_patches = self.grid ** 2
+        super().__init__(channels, image_size, patch_size, dim, depth, heads, decoder_dim, decoder_depth,
+                         decoder_heads, mlp_ratio, seed)
         self.mask_ratio = _check_ratio(mask_ratio)
         self.k = covering_k(self.n_patches, mask_ratio) if k is None else int(k)
         complementary_masks(1, self.grid, self.grid, self.k, mask_ratio, torch.Generator())  # validates k now
         self.n_visible = visible_per_mask(self.n_patches, mask_ratio)
-
-        self.patch_embed = PatchEmbed(image_size, patch_size, channels, dim)
-        self.register_buffer("pos_embed", build_sincos2d_pos_embed([self.grid, self.grid], dim)[None], persistent=False)
-        self.blocks = nn.ModuleList(Block(dim, heads, mlp_ratio, qkv_bias=True) for _ in range(depth))
-        self.norm = nn.LayerNorm(dim)
-        self.decoder_embed = nn.Linear(dim, decoder_dim)
-        self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_dim))
-        self.register_buffer("decoder_pos_embed",
-                             build_sincos2d_pos_embed([self.grid, self.grid], decoder_dim)[None], persistent=False)
-        self.decoder_blocks = nn.ModuleList(Block(decoder_dim, decoder_heads, mlp_ratio, qkv_bias=True)
-                                            for _ in range(decoder_depth))
-        self.decoder_norm = nn.LayerNorm(decoder_dim)
-        self.head = nn.Linear(decoder_dim, patch_size ** 2 * channels)
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        """MAE's initialisation (Xavier-uniform linears and patch projection, zero biases, N(0, 0.02) mask token),
-        except the pixel head, which starts at zero."""
-        w = self.patch_embed.proj.weight
-        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
-        nn.init.normal_(self.mask_token, std=0.02)
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.xavier_uniform_(m.weight)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-        # the pixel head starts at zero (every pixel 0.5): with the few hundred SGD steps of the small scales a
-        # random head spends them undoing its own noise (initial MSE ~1.6 instead of ~0.07)
-        nn.init.zeros_(self.head.weight)
+        self.build(dim, depth, heads, decoder_dim, decoder_depth, decoder_heads, mlp_ratio)
 
     def draw_masks(self, x: torch.Tensor) -> torch.Tensor:
         """K complementary masks for each image of x, from this purifier's own generator."""
         return complementary_masks(len(x), self.grid, self.grid, self.k, self.mask_ratio, self.generator(x.device))
 
     def _check_input(self, x: torch.Tensor) -> None:
-        check_images(x, "x")
-        if x.shape[1] != self.channels or x.shape[-2:] != (self.image_size, self.image_size):
-            raise ValueError(f"This DIR denoiser takes ({self.channels}, {self.image_size}, {self.image_size}) "
-                             f"images; got {tuple(x.shape[1:])}.")
-
-    def unpatchify(self, patches: torch.Tensor) -> torch.Tensor:
-        """(B, L, p²·C) -> (B, C, H, W)."""
-        b, p, g, c = len(patches), self.patch_size, self.grid, self.channels
-        return patches.view(b, g, g, p, p, c).permute(0, 5, 1, 3, 2, 4).reshape(b, c, g * p, g * p)
+        self.check_input(x, "DIR denoiser")
 
     def reconstruct(self, x: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         """g_ω(x × m_k) for each mask: (N, K, C, H, W), unclamped. masks: (N, K, L) bool, True = visible.
@@ -283,27 +237,14 @@ class DIRDenoiser(Purifier):
         n_visible = int(counts.flatten()[0]) if counts.numel() else 0
         if not (counts == n_visible).all() or n_visible == 0:
             raise ValueError("Every mask must keep the same, non-zero number of patches.")
-        tokens = self.patch_embed(x - 0.5) + self.pos_embed  # (N, L, D)
-        flat = masks.reshape(n * k, self.n_patches)
-        index = flat.nonzero()[:, 1].view(n * k, n_visible)  # visible patch ids per row, ascending
-        seq = tokens.repeat_interleave(k, 0)  # image i, mask j at row i·K + j
-        seq = seq.gather(1, index[..., None].expand(-1, -1, seq.shape[-1]))
-        for block in self.blocks:
-            seq = block(seq)
-        seq = self.decoder_embed(self.norm(seq))
-        full = self.mask_token.expand(n * k, self.n_patches, -1).clone()
-        full = full.scatter(1, index[..., None].expand(-1, -1, full.shape[-1]), seq)
-        full = full + self.decoder_pos_embed
-        for block in self.decoder_blocks:
-            full = block(full)
-        images = self.unpatchify(self.head(self.decoder_norm(full)) + 0.5)
+        index = masks.reshape(n * k, self.n_patches).nonzero()[:, 1].view(n * k, n_visible)  # visible ids, ascending
+        seq = self.encode(x, index, repeats=k)  # image i, mask j at row i·K + j
+        images = self.unpatchify(self.decode(seq, index))
         return images.view(n, k, *x.shape[1:])
 
     def mask_pixels(self, masks: torch.Tensor) -> torch.Tensor:
         """Patch masks (N, K, L) bool -> pixel masks (N, K, 1, H, W) float, 1 where visible (x × m_k)."""
-        n, k = masks.shape[:2]
-        grid = masks.view(n, k, 1, self.grid, self.grid).float()
-        return grid.repeat_interleave(self.patch_size, 3).repeat_interleave(self.patch_size, 4)
+        return self.patch_pixels(masks)
 
     def restore(self, x: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         """x̃ = mean of the K reconstructions (Eq. 5), clamped to [0, 1]."""
