@@ -143,12 +143,17 @@ class DSMTrainer:
         return {"loss": loss.item()}
 
 
-@torch.no_grad()
-def denoising_error(purifier: ADP, x: torch.Tensor, sigma: float, seed: int = 0) -> float:
-    """Mean-square error of one denoising step at noise σ, clamped to [0, 1] (the trained network's quality)."""
+def _noisy(x: torch.Tensor, sigma: float, seed: int) -> torch.Tensor:
     generator = torch.Generator(device=x.device).manual_seed(seed)
-    noisy = (x + sigma * torch.randn(x.shape, generator=generator, device=x.device)).clamp(0, 1)
-    return F.mse_loss(purifier.denoise(noisy).clamp(0, 1), x).item()
+    return (x + sigma * torch.randn(x.shape, generator=generator, device=x.device)).clamp(0, 1)
+
+
+@torch.no_grad()
+def denoising_error(purifier: ADP | None, x: torch.Tensor, sigma: float, seed: int = 0) -> float:
+    """Mean-square error of one denoising step at noise σ, clamped to [0, 1] (the trained network's quality);
+    purifier None: the error of the noisy image itself (what denoising has to beat)."""
+    noisy = _noisy(x, sigma, seed)
+    return F.mse_loss(noisy if purifier is None else purifier.denoise(noisy).clamp(0, 1), x).item()
 
 
 def train(purifier: ADP, data: ImageData, settings: ADPSettings, *, device, seed: int = 0,
@@ -162,6 +167,4 @@ def train(purifier: ADP, data: ImageData, settings: ADPSettings, *, device, seed
     x = next(iterate_batches(data, 256, device=device))[0]
     return {"train_seconds": time.perf_counter() - start, "epoch_losses": log.history["loss"],
             "denoising_mse_at_inject": denoising_error(purifier, x, settings.sigma_inject, seed),
-            "noisy_mse_at_inject": F.mse_loss((x + settings.sigma_inject * torch.randn(
-                x.shape, generator=torch.Generator(device=x.device).manual_seed(seed), device=x.device)).clamp(0, 1),
-                x).item()}
+            "noisy_mse_at_inject": denoising_error(None, x, settings.sigma_inject, seed)}
