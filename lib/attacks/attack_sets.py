@@ -138,6 +138,25 @@ class AdversarialSet:
         return clean, adversarial, self.labels[idx].to(device)
 
 
+def pair_batches(data: AdversarialSet, batch_size: int, seed: int, device, flips: bool = True):
+    """epoch -> (clean, adversarial, label) batches of a stored set: a fresh order each epoch from one seeded
+    generator, which also draws the joint horizontal flips of each pair (the public code's augmentation)."""
+    gen = torch.Generator().manual_seed(seed)
+    steps_per_epoch = max(len(data) // batch_size, 1)
+
+    def batches(epoch: int):
+        order = torch.randperm(len(data), generator=gen)
+        for b in range(steps_per_epoch):
+            idx = order[b * batch_size:(b + 1) * batch_size]
+            x, x_adv, y = data.tensors(idx, device)
+            if flips:
+                flip = (torch.rand(len(idx), generator=gen) < 0.5).to(device).view(-1, 1, 1, 1)
+                x, x_adv = torch.where(flip, x.flip(3), x), torch.where(flip, x_adv.flip(3), x_adv)
+            yield x, x_adv, y
+    batches.steps_per_epoch = steps_per_epoch
+    return batches
+
+
 def make_adversarial_set(models: dict[str, nn.Module], images: torch.Tensor, labels: torch.Tensor,
                          attacks: Sequence[AttackSetting], eps: float | None = None, *, seed: int = 0,
                          device="cpu", batch_size: int = 250, progress: bool = False) -> AdversarialSet:

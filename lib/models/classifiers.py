@@ -1,8 +1,10 @@
 """Target classifiers. Every one takes images in [0, 1]: normalisation is its first layer.
 
 CIFAR-style: `resnet18` (the papers' target; He et al. 2016 with a 3×3 stem, as in Madry-style AT code),
-`resnet_small` (the same blocks, narrower and shallower, trains in minutes on 2 CPU cores), `vgg16`
-(CIFAR variant, batch-norm, one linear layer). ImageNet: torchvision's ResNet-50, Inception-v3 and
+`resnet_small` (the same blocks, narrower and shallower, trains in minutes on 2 CPU cores), `resnet18_small`
+(ResNet-18's two blocks per stage at resnet_small's width), `vgg16`
+(CIFAR variant, batch-norm, one linear layer) and `vgg_small` (its layout at width/32 of its channels: the
+quick-scale VGG, e.g. IMPure's feature network). ImageNet: torchvision's ResNet-50, Inception-v3 and
 VGG-19 with their pretrained weights when they are in the torch hub cache.
 """
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
+import torchvision
 from torch import nn
 import torch.nn.functional as F
 
@@ -98,6 +101,11 @@ class CifarResNet(nn.Module):
 _VGG16 = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
 
 
+def scaled_vgg(width: int) -> tuple:
+    """VGG-16's layout with each convolution's channels scaled by width / 32 (at least 8)."""
+    return tuple(v if v == "M" else max(8, v * width // 32) for v in _VGG16)
+
+
 class CifarVGG(nn.Module):
     """VGG-16 with batch norm for 32×32 inputs (five poolings to 1×1, one linear classifier)."""
 
@@ -133,6 +141,15 @@ class ImageNetClassifier(nn.Module):
         super().__init__()
         self.normalize = Normalize(mean, std, 3)
         self.net = net
+
+    @property
+    def layers(self) -> list[nn.Module]:
+        """VGG's five stages (the ReLU that ends each, relu1_2 ... relu5_4, as perceptual losses take them) and
+        its last linear layer; other torchvision models have no such list."""
+        if not isinstance(self.net, torchvision.models.VGG):
+            raise AttributeError(f"{type(self.net).__name__} has no `.layers` (only VGG does)")
+        ends = [i - 1 for i, m in enumerate(self.net.features) if isinstance(m, nn.MaxPool2d)]
+        return [self.net.features[i] for i in ends] + [self.net.classifier[-1]]
 
     def forward(self, x):
         return self.net(self.normalize(x))
@@ -171,7 +188,13 @@ ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     # quick-scale stand-in: one block per stage, base width from the scale (0.3M parameters at 16)
     "resnet_small": lambda info, width=16: CifarResNet((1, 1, 1, 1), width, info.num_classes, info.channels,
                                                        info.mean, info.std),
+    # ResNet-18's layout (two blocks per stage) at the scale's width: a deeper quick-scale architecture
+    "resnet18_small": lambda info, width=16: CifarResNet((2, 2, 2, 2), width, info.num_classes, info.channels,
+                                                         info.mean, info.std),
     "vgg16": lambda info, width=64: CifarVGG(info.num_classes, info.channels, info.mean, info.std),
+    # quick-scale VGG-16 layout (13 convolutions, 5 poolings) at width/32 of its channels: 16 to 128 at width 8
+    "vgg_small": lambda info, width=16: CifarVGG(info.num_classes, info.channels, info.mean, info.std,
+                                                 cfg=scaled_vgg(width)),
 }
 IMAGENET_ARCHITECTURES = ("resnet50", "inception_v3", "vgg19")
 
@@ -185,8 +208,8 @@ def build_classifier(arch: str, dataset: str, width: int | None = None, *, data_
         raise ValueError(f"Unknown architecture {arch!r}: choose one of {sorted(ARCHITECTURES)} "
                          f"(ImageNet models: {IMAGENET_ARCHITECTURES} through imagenet_classifier).")
     info = dataset_info(dataset, data_root)
-    if arch == "vgg16" and info.size < 32:
-        raise ValueError(f"vgg16 needs 32×32 inputs (five 2×2 poolings); {dataset} images are "
+    if arch in ("vgg16", "vgg_small") and info.size < 32:
+        raise ValueError(f"{arch} needs 32×32 inputs (five 2×2 poolings); {dataset} images are "
                          f"{info.size}×{info.size}: use resnet_small or resnet18.")
     return ARCHITECTURES[arch](info) if width is None else ARCHITECTURES[arch](info, width)
 
