@@ -78,7 +78,36 @@ def test_loss_terms_and_weights_and_a_training_step_lowers_the_loss():
     assert impure.impure_loss(x, x, x, network)["loss"].item() == pytest.approx(0.0, abs=1e-6)
     settings = impure.IMPureSettings(lr=3e-3, weights=(1.0, 1.0, 1.0))
     trainer = impure.IMPureTrainer(riae, network, settings, total_steps=1000)
-    first = trainer.step(x_adv, x)
+    first = trainer.step(x, x_adv)
     for _ in range(40):
-        last = trainer.step(x_adv, x)
+        last = trainer.step(x, x_adv)
     assert last["pixel"] < first["pixel"] and not network.training
+
+
+def test_training_pairs_keep_only_correct_images_split_the_attacks_and_respect_eps():
+    from lib.core.data import ImageData
+    from lib.defenses.impure_setup import training_pairs
+
+    torch.manual_seed(0)
+    target = build_classifier("resnet_small", "shapes10", 4).eval()
+    x = torch.rand(30, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    images = (x * 255).round().to(torch.uint8)
+    with torch.no_grad():
+        predicted = target(images.float() / 255).argmax(1)
+    labels = torch.where(torch.arange(30) < 21, predicted, (predicted + 1) % 10)  # 21 right, 9 wrong
+    settings = impure.IMPureSettings(attack_steps=2)
+    pairs = training_pairs(target, ImageData("shapes10", "train", images, labels, tuple("0123456789")), settings,
+                           device="cpu", progress=False)
+    assert len(pairs) == 21 and torch.equal(pairs.clean, images[:21]) and torch.equal(pairs.labels, labels[:21])
+    assert torch.bincount(pairs.attack).tolist() == [7, 7, 7] and pairs.attack_names == ("fgsm", "pgd", "mifgsm")
+    moved = (pairs.adversarial.int() - pairs.clean.int()).abs()
+    assert moved.max() <= 16 and (moved > 0).float().mean() > 0.5 and not target.training
+
+
+def test_get_impure_checks_its_options_before_any_work():
+    from lib.defenses.impure_setup import get_impure
+
+    with pytest.raises(ValueError, match="masking='blur'"):
+        get_impure(target=None, target_record=None, masking="blur")
+    with pytest.raises(ValueError, match="train_attacks=.*unknown: \\['pgdd'\\]"):
+        get_impure(target=None, target_record=None, train_attacks=["pgdd"])

@@ -22,7 +22,8 @@ Our choices and deviations, and why:
 - "Image occlusion" is the mask token itself (the masked subset is absent from the decoder's input). "Image
   noise" adds Gaussian noise of random σ ∈ [0, `noise_max`] to the image before encoding, "feature noise" to
   the encoder's features; both are training-time and test-time operations of the purifier (Fig. 5 draws them
-  from the purifier's own generator), which makes those variants random.
+  from the purifier's own generator), which makes those variants random. The default is the paper's final
+  choice, image + feature noise (Section 5.1), so IMPure as registered is a random purifier (EOT applies).
 - RCM's u is binary and patch-aligned (the text: a mask "with the same patch size"); each patch keeps the
   purified pixels with probability drawn per image from U(0, 1) (the released code pastes 2-4 random chunks).
 - The feature network F is a classifier with `.layers` (lib's VGG): its 4th and 5th stage outputs and its
@@ -56,14 +57,22 @@ class IMPureSettings:
     decoder_depth: int = 8
     decoder_heads: int = 16
     subsets: int = 4  # S
-    masking: str = "occlusion"
+    masking: str = "image_feature_noise"  # Section 5.1: "ImgNoise+FeaNoise is thereby employed in our defense method"
     noise_max: float = 0.5  # largest σ of the image / feature noise maskings
     weights: tuple[float, ...] = (30.0, 10.0, 5.0)  # λ4, λ5, λ_pre (Eq. 15)
     lr: float = 1e-4  # AdamW (0.9, 0.95), cosine
     weight_decay: float = 0.05
     epochs: int = 100
     batch_size: int = 64
-    n_train: int = 50_000
+    n_train: int = 50_000  # clean training images before the correctly-classified filter
+    # training examples (Section 5.4; the released code's budget): each image attacked by one of these
+    train_attacks: tuple[str, ...] = ("fgsm", "pgd", "mifgsm")
+    eps: float = 16 / 255
+    attack_step: float = 4 / 255
+    attack_steps: int = 10
+    # the perceptual loss's network F: torchvision's ImageNet VGG-19 on ImageNet-size images, else a VGG
+    # trained on the dataset through the cache (lib.defenses.impure_setup.feature_network)
+    feature_arch: str = "vgg19"
 
     def __post_init__(self):
         if self.masking not in MASKINGS:
@@ -74,9 +83,9 @@ class IMPureSettings:
 
 SETTINGS = {
     "smoke": IMPureSettings(patch_size=4, dim=32, depth=1, heads=2, decoder_dim=32, decoder_depth=1, decoder_heads=2,
-                            epochs=1, batch_size=32, n_train=256, lr=1e-3),
+                            epochs=1, batch_size=32, n_train=256, lr=1e-3, attack_steps=2, feature_arch="vgg_small"),
     "quick": IMPureSettings(patch_size=4, dim=96, depth=4, heads=3, decoder_dim=64, decoder_depth=2, decoder_heads=2,
-                            epochs=6, batch_size=64, n_train=10_000, lr=1e-3),
+                            epochs=5, batch_size=64, n_train=5_000, lr=1e-3, feature_arch="vgg_small"),
     "paper": IMPureSettings(),
 }
 
@@ -213,8 +222,9 @@ def impure_loss(purified: torch.Tensor, combined: torch.Tensor, x: torch.Tensor,
 
 
 class IMPureTrainer:
-    """`step(x_adv, x)` (the lib.core.fit contract on (adversarial, clean) pairs): RIAE with a random division,
-    RCM, Eq. 15, one AdamW step under a cosine schedule. The feature network stays frozen (eval mode)."""
+    """`step(x, x_adv, y)` (the lib.core.fit contract on stored (clean, adversarial, label) pairs, as
+    `lib.attacks.attack_sets.pair_batches` yields them): RIAE with a random division, RCM, Eq. 15, one AdamW
+    step under a cosine schedule. The feature network stays frozen (eval mode); labels are not used."""
 
     def __init__(self, purifier: RIAE, network: nn.Module, settings: IMPureSettings, total_steps: int, seed: int = 0):
         self.model, self.network, self.settings, self.seed = purifier, network, settings, seed
@@ -227,7 +237,7 @@ class IMPureTrainer:
         for group in self.opt.param_groups:
             group["lr"] = self.settings.lr * 0.5 * (1 + math.cos(math.pi * step / self.total_steps))
 
-    def step(self, x_adv: torch.Tensor, x: torch.Tensor) -> dict:
+    def step(self, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor | None = None) -> dict:
         if self.rcm_generator is None:
             self.rcm_generator = torch.Generator(device=x.device).manual_seed(self.seed)
         self.model.train()

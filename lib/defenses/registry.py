@@ -2,7 +2,8 @@
 
 An entry says what a defense is and how the harness must attack it:
 - `display_name`, `citation` (authors, title, venue, year) and `kind`: a fixed `transform`
-  (lib.defenses.transforms), a learned `baseline` (lib.defenses.baselines), an `hgd` denoiser, `dir` or `idfr`;
+  (lib.defenses.transforms), a learned `baseline` (lib.defenses.baselines), an `hgd` denoiser, `dir`, `idfr`,
+  `impure` or `superres` (learned on clean images, for any classifier);
 - the purifier contract of lib.core.purifiers: `differentiable` (white-box gradients go through it, else
   the `bpda` threat model), `randomized` (the `eot` threat model; repeatable after `reseed`),
   `bpda_surrogate` (it has a BPDA surrogate other than the identity);
@@ -49,15 +50,19 @@ from lib.defenses.hgd import DAE, DUNET, hgd_settings
 from lib.defenses.hgd_setup import get_hgd
 from lib.defenses.idfr import InputDenoiser
 from lib.defenses.idfr_setup import get_idfr, idfr_settings
+from lib.defenses.impure import RIAE
+from lib.defenses.impure_setup import get_impure, impure_settings
 from lib.defenses.jatp import JATP
 from lib.defenses.menet import MENet
 from lib.defenses.nrp import NRP
 from lib.defenses.soap import SOAP
+from lib.defenses.superres import SuperResolutionDefense
+from lib.defenses.superres_setup import get_superres, superres_settings
 from lib.defenses.transforms import TRANSFORMS, build_transform
 
 __all__ = ["DefenseEntry", "ReadyDefense", "DEFENSES", "get_defense", "defense_settings", "table"]
 
-KINDS = ("transform", "baseline", "hgd", "dir", "idfr")
+KINDS = ("transform", "baseline", "hgd", "dir", "idfr", "impure", "superres")
 # get_defense's own arguments, passed to every learned getter; the rest of a getter's keywords are options
 STANDARD = ("target", "target_record", "device", "data_root", "cache", "progress")
 
@@ -130,6 +135,14 @@ def _get_dir(name, dataset, scale, seed, **kwargs):
 
 def _get_idfr(name, dataset, scale, seed, **kwargs):
     return get_idfr(dataset, scale, seed, **kwargs)
+
+
+def _get_impure(name, dataset, scale, seed, **kwargs):
+    return get_impure(dataset, scale, seed, **kwargs)
+
+
+def _get_superres(name, dataset, scale, seed, **kwargs):
+    return get_superres(dataset, scale, seed, **kwargs)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -218,6 +231,19 @@ def _registry() -> dict[str, DefenseEntry]:
         "(authors and venue are not in the repository's copy of the text)", "idfr", **_flags(InputDenoiser),
         needs_target=True, grayscale=True, getter=_get_idfr, settings=lambda scale, dataset: idfr_settings(scale),
         options=("restore",))
+    # RIAE's `randomized` is per instance (a random division or a noise masking makes it random); the
+    # registered default, image + feature noise (the paper's choice), is random
+    out["impure"] = DefenseEntry(
+        "impure", "IMPure", 'Liu, Lian, Zhang, Xiao, "Adversarial Purification of Information Masking" (venue '
+        "not in the repository's copy of the text)", "impure", **_flags(RIAE, randomized=True), needs_target=True,
+        grayscale=True, getter=_get_impure, settings=lambda scale, dataset: impure_settings(scale),
+        options=("masking", "weights", "train_attacks", "periodic"))
+    # learned on clean images only: one SR network per dataset defends any classifier
+    out["superres"] = DefenseEntry(
+        "superres", "WD+SR", 'Mustafa, Khan, Hayat, Shen, Shao, "Image Super-Resolution as a Defense Against '
+        'Adversarial Attacks", IEEE TIP 2019 (wavelet denoising, then an EDSR-style ×2 network)', "superres",
+        **_flags(SuperResolutionDefense), needs_target=False, grayscale=True, getter=_get_superres,
+        settings=lambda scale, dataset: superres_settings(scale), options=("sigma",))
     return out
 
 
