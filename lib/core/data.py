@@ -66,7 +66,11 @@ SHAPES10_SIZES = {"train": 20_000, "test": 2_000}
 
 @dataclass(frozen=True)
 class ImageData:
-    """An in-memory image dataset: uint8 images (N, C, H, W), int64 labels (N,), and its DatasetInfo."""
+    """An in-memory image dataset: uint8 images (N, C, H, W), int64 labels (N,), and its DatasetInfo.
+
+    masks: bool (N, H, W), True on the object, for a dataset that knows where its objects are (shapes10's,
+    from its generator); None otherwise. `take` and `subset` keep them aligned with the images.
+    """
 
     name: str
     split: str
@@ -74,6 +78,7 @@ class ImageData:
     labels: torch.Tensor
     classes: tuple[str, ...]
     info: DatasetInfo | None = None  # None: the named dataset's, INFO[name] (a decoded folder passes its own)
+    masks: torch.Tensor | None = None
 
     def __post_init__(self):
         if self.info is None:
@@ -87,7 +92,8 @@ class ImageData:
 
     def take(self, idx: torch.Tensor) -> "ImageData":
         """The images at the indices idx."""
-        return replace(self, images=self.images[idx], labels=self.labels[idx])
+        masks = None if self.masks is None else self.masks[idx]
+        return replace(self, images=self.images[idx], labels=self.labels[idx], masks=masks)
 
     def subset(self, n: int | None, seed: int = 0) -> "ImageData":
         """The first n images of a seeded permutation (all of them when n is None or larger)."""
@@ -98,6 +104,13 @@ class ImageData:
     def tensors(self, device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
         """All images as floats in [0, 1] and the labels, on a device."""
         return self.images.to(device).float().div_(255), self.labels.to(device)
+
+    def object_masks(self, device: str | torch.device = "cpu") -> torch.Tensor:
+        """The object masks, bool (N, H, W), aligned with `tensors()`; an error for a dataset without them."""
+        if self.masks is None:
+            raise ValueError(f"{self.name} ({self.split}) has no object masks: only the embedded shapes10 knows "
+                             "where its objects are (load_dataset('shapes10', ...)).")
+        return self.masks.to(device)
 
 
 @dataclass(frozen=True)
@@ -264,8 +277,8 @@ def _check_split(split: str) -> None:
 
 @functools.lru_cache(maxsize=8)
 def _shapes10(split: str, seed: int) -> ImageData:
-    images, labels = shapes.generate_shapes10(SHAPES10_SIZES[split], seed=2 * seed + (split == "test"))
-    return ImageData("shapes10", split, images, labels, shapes.CLASSES)
+    images, labels, masks = shapes.generate_shapes10_masks(SHAPES10_SIZES[split], seed=2 * seed + (split == "test"))
+    return ImageData("shapes10", split, images, labels, shapes.CLASSES, masks=masks)
 
 
 def _digits(split: str) -> ImageData:

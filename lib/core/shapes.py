@@ -62,8 +62,12 @@ def _smooth_noise(gen: torch.Generator, n: int, channels: int, grid: int, size: 
     return torch.nn.functional.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=False)
 
 
-def _render(gen: torch.Generator, labels: torch.Tensor, size: int) -> torch.Tensor:
-    """Render one chunk of images for the given labels. Returns float (n, 3, size, size) in [0, 1]."""
+def _render(gen: torch.Generator, labels: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Render one chunk of images for the given labels.
+
+    Returns (images float (n, 3, size, size) in [0, 1], coverage float (n, 1, size, size) in [0, 1]: the
+    share of each pixel the shape covers, before colour and noise are applied).
+    """
     n = labels.numel()
     coords = (torch.arange(size, dtype=torch.float32) + 0.5) / size * 2 - 1  # pixel centres in [-1, 1]
     py, px = torch.meshgrid(coords, coords, indexing="ij")
@@ -114,7 +118,24 @@ def _render(gen: torch.Generator, labels: torch.Tensor, size: int) -> torch.Tens
 
     image = background * (1 - coverage) + foreground * coverage
     image = image + 0.03 * torch.randn(n, 3, size, size, generator=gen)
-    return image.clamp(0, 1)
+    return image.clamp(0, 1), coverage
+
+
+def _generate(n: int, seed: int, size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(images uint8 (n, 3, size, size), labels int64 (n,), masks bool (n, size, size)) from one generator."""
+    if n < 0:
+        raise ValueError(f"n must be non-negative, got {n}")
+    gen = torch.Generator().manual_seed(int(seed))
+    labels = torch.arange(n) % len(CLASSES)
+    labels = labels[torch.randperm(n, generator=gen)]
+    images = torch.empty(n, 3, size, size, dtype=torch.uint8)
+    masks = torch.empty(n, size, size, dtype=torch.bool)
+    for start in range(0, n, _CHUNK):
+        chunk, coverage = _render(gen, labels[start:start + _CHUNK], size)
+        images[start:start + _CHUNK] = (chunk * 255).round().to(torch.uint8)
+        # coverage >= 1/2 <=> the pixel centre lies inside the shape (signed distance <= 0)
+        masks[start:start + _CHUNK] = coverage[:, 0] >= 0.5
+    return images, labels, masks
 
 
 def generate_shapes10(n: int, seed: int = 0, size: int = IMAGE_SIZE) -> tuple[torch.Tensor, torch.Tensor]:
@@ -122,13 +143,17 @@ def generate_shapes10(n: int, seed: int = 0, size: int = IMAGE_SIZE) -> tuple[to
 
     Returns (images uint8 (n, 3, size, size), labels int64 (n,)). Same (n, seed, size) → same bytes.
     """
-    if n < 0:
-        raise ValueError(f"n must be non-negative, got {n}")
-    gen = torch.Generator().manual_seed(int(seed))
-    labels = torch.arange(n) % len(CLASSES)
-    labels = labels[torch.randperm(n, generator=gen)]
-    images = torch.empty(n, 3, size, size, dtype=torch.uint8)
-    for start in range(0, n, _CHUNK):
-        chunk = _render(gen, labels[start:start + _CHUNK], size)
-        images[start:start + _CHUNK] = (chunk * 255).round().to(torch.uint8)
+    images, labels, _ = _generate(n, seed, size)
     return images, labels
+
+
+def generate_shapes10_masks(n: int, seed: int = 0, size: int = IMAGE_SIZE
+                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`generate_shapes10` with each image's object mask (the same images and labels, byte for byte).
+
+    Returns (images uint8 (n, 3, size, size), labels int64 (n,), masks bool (n, size, size)); a mask is True
+    where the pixel centre lies inside the shape (the shape's anti-aliased coverage is at least 1/2), so it
+    is where the class evidence is (Grad-CAM's object mass, lib.eval.gradcam). Distractor strokes are
+    background.
+    """
+    return _generate(n, seed, size)
