@@ -14,9 +14,12 @@ FILES = sorted((REPO / "lib" / "reference").glob("*/*.csv"))
 UNITS = {"%", "L1", "ms", "× pre-trained"}
 # the paper texts (papers/README.md): one file per paper, beside the design notes
 PAPERS = Path(os.environ.get("PURIFY_PAPERS", REPO.parent / "shared" / "papers"))
-PAPER_TEXT = {"hgd": "003_76912749f819b266.txt", "dir": "000_dfa32c6a711fe26a.txt", "idfr": "001_7e4ecf4c826261f3.txt"}
+PAPER_TEXT = {"hgd": "003_76912749f819b266.txt", "dir": "000_dfa32c6a711fe26a.txt", "idfr": "001_7e4ecf4c826261f3.txt",
+              "impure": "002_efc2d8bb8197384c.txt"}
 # IDFR prints one line per defense across targets (or datasets): VGG16 and ResNet18 side by side in each cell
 LINE_SPANS = {"idfr": ("target", "dataset")}
+# tables printed transposed (one line per attack, the defenses side by side): the columns that name a printed line
+LINE_KEYS = {"impure/table3": ("target", "attack")}
 
 
 def test_every_file_is_package_data_and_reads():
@@ -29,7 +32,7 @@ def test_every_file_is_package_data_and_reads():
         assert len(frame) == sum(1 for _ in open(path)) - 1, path
         assert set(frame.unit) <= UNITS, (path, set(frame.unit) - UNITS)
         assert frame.value.notna().all()
-        assert (frame.paper == path.parent.name.upper()).all(), path
+        assert (frame.paper.str.upper() == path.parent.name.upper()).all(), path  # IMPure as the paper spells it
         assert frame.table.str.len().gt(0).all() and frame.page.str.len().gt(0).all(), path
 
 
@@ -37,6 +40,7 @@ def test_row_counts_and_a_few_cells():
     assert len(R.paper_numbers("hgd")) == 85
     assert len(R.paper_numbers("dir")) == 130
     assert len(R.paper_numbers("idfr")) == 676
+    assert len(R.paper_numbers("impure")) == 156
     t2 = R.reference_table("hgd", "table2", index="defense", columns=["test_set", "eps"], metric="accuracy")
     assert t2.loc["NA", ("clean", 0.0)] == 76.7
     assert t2.loc["DUNET", ("white", 4 / 255)] == 20.0
@@ -47,6 +51,17 @@ def test_row_counts_and_a_few_cells():
     assert list(t1.columns) == ["none", "pgd", "autoattack", "mifgsm", "vnifgsm"]  # the paper's order
     assert list(t1.index.get_level_values("defense")[:6]) == ["None", "APE-GAN", "HGD", "NRP", "JATP", "DIR"]
     assert t1.loc[("CIFAR-10", "DIR"), "pgd"] == 54.27 and t1.loc[("SVHN", "None"), "autoattack"] == 45.16
+    im1 = R.reference_table("impure", "table1", index=["target", "defense"], columns="attack")
+    assert list(im1.columns) == ["none", "fgsm", "cw", "deepfool", "pgd", "mifgsm", "difgsm", "mdfgsm", "apgd_ce",
+                                 "apgd_dlr"]
+    assert im1.loc[("IncRes", "Defense"), "mdfgsm"] == 60.74 and im1.loc[("ResNet", "No defense"), "none"] == 100.0
+    im2 = R.reference_table("impure", "table2", index="defense", columns="attack", eps=16 / 255)
+    assert list(im2.index) == ["Attack", "Random", "PD+WD", "WD+SR", "ComDefend", "Recon", "DIR", "Ours"]
+    assert im2.loc["Recon", "apgd_dlr"] == 67.66 and im2.loc["Ours"].equals(im1.loc[("IncV3", "Defense")].drop("none"))
+    im3 = R.reference_table("impure", "table3", index="attack", columns="defense")
+    assert im3.loc["mdfgsm", "Defense"] == 47.46 and im3.loc["pgd", "No Defense"] == 0.74
+    assert R.paper_numbers("impure", "table3").query("agnostic").attack.tolist()[::2] == [
+        "difgsm", "mdfgsm", "apgd_ce", "apgd_dlr"]
 
 
 def test_tables_by_label_and_typed_columns():
@@ -60,7 +75,7 @@ def test_tables_by_label_and_typed_columns():
 
 
 def test_unknown_names_list_what_there_is():
-    with pytest.raises(KeyError, match=r"available: \['dir', 'hgd', 'idfr'\]"):
+    with pytest.raises(KeyError, match=r"available: \['dir', 'hgd', 'idfr', 'impure'\]"):
         R.paper_numbers("nope")
     with pytest.raises(KeyError, match=r"available: \['section4_2'.*'table5'\]"):
         R.paper_numbers("dir", "table9")
@@ -101,8 +116,10 @@ def test_every_number_is_printed_in_the_paper(path):
     if path.stem.startswith("table"):  # a table's lines: consecutive values of one row label, in order
         by_line = {}
         for r, v in zip(rows, printed):
-            key = tuple(r[k] for k in r if k not in ("value", "note", "attack", "threat_model", "eps", "steps",
-                                                      "test_set", "unit", *LINE_SPANS.get(path.parent.name, ())))
+            line_keys = LINE_KEYS.get(f"{path.parent.name}/{path.stem}")
+            key = tuple(r[k] for k in line_keys) if line_keys else tuple(
+                r[k] for k in r if k not in ("value", "note", "attack", "threat_model", "eps", "steps", "test_set",
+                                             "unit", *LINE_SPANS.get(path.parent.name, ())))
             by_line.setdefault(key, []).append(v)
         for key, values in by_line.items():  # between two cells: spaces, %, IDFR's a/b/c triples and bold tags
             assert re.search(r"(?:[%\s/]|</?b>)+".join(map(re.escape, values)), text), (path.name, key, values)
