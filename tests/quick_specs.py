@@ -6,7 +6,7 @@ are compared with `tests/data/quick_spec_hashes.json`: a change that alters any 
 cache and retrains the model, so it must be deliberate. The file was written before lib was reorganised into
 packages (which changed none), and rewritten when quick moved to a width-8 target and ε warm-up for PGD-AT
 (`python tests/quick_specs.py > tests/data/quick_spec_hashes.json`; say why in the commit), and extended
-(entries added, none changed) when the idfr notebook's quick run was first kept.
+(entries added, none changed) when the idfr and the impure notebooks' quick runs were first kept.
 `quick_run_specs(dry=False)` trains them for real (into $PURIFY_CACHE), in the order the notebooks need them.
 """
 from __future__ import annotations
@@ -17,6 +17,11 @@ from lib.core.cache import ModelCache, spec_hash
 
 SCALE, DATASET, SEED = "quick", "shapes10", 0
 IDFR_ONLY = ("adp", "soap")  # baselines only the idfr notebook uses, against the natural target
+# impure_ablations' variants of get_impure's defaults (Fig. 7 maskings, Fig. 8 loss layers, Table 3's nine attacks)
+IMPURE_VARIANTS = (dict(masking="occlusion"), dict(masking="image_noise"), dict(masking="feature_noise"),
+                   dict(weights=(0.0, 0.0, 0.0)), dict(weights=(0.0, 0.0, 5.0)), dict(weights=(0.0, 10.0, 5.0)),
+                   dict(train_attacks=("fgsm", "cw", "deepfool", "pgd", "mifgsm", "difgsm", "mdfgsm", "apgd_ce",
+                                       "apgd_dlr")))
 # dir_ablations' variants of get_dir's defaults
 DIR_VARIANTS = (dict(mask_ratio=0.3), dict(mask_ratio=0.7), dict(alpha=0.0), dict(alpha=1.0), dict(alpha=5.0),
                 dict(pretrain=False), dict(depth=2, decoder_depth=1), dict(depth=4, decoder_depth=1),
@@ -29,6 +34,8 @@ def quick_run_specs(dry: bool = True, log=None, scale: str = SCALE) -> dict[str,
     from lib.defenses.dir_setup import get_adversarially_trained, get_dir
     from lib.defenses.hgd_setup import ROLES, get_hgd, hgd_classifiers
     from lib.defenses.idfr_setup import get_idfr
+    from lib.defenses.impure_setup import get_impure
+    from lib.defenses.superres_setup import get_superres
     from lib.models.zoo import get_classifier
 
     found: dict[str, dict] = {}
@@ -75,6 +82,13 @@ def quick_run_specs(dry: bool = True, log=None, scale: str = SCALE) -> dict[str,
         get_idfr(DATASET, scale, SEED, **natural)
         for name in IDFR_ONLY:
             get_baseline(name, DATASET, scale, SEED, **natural)
+        # impure: two more target architectures (the VGG from another seed than F), F, RIAE, the SR defense
+        get_classifier(DATASET, "natural", scale, SEED, arch="resnet18_small", **args)
+        get_classifier(DATASET, "natural", scale, SEED + 1, arch="vgg_small", **args)
+        get_impure(DATASET, scale, SEED, **natural)
+        for overrides in IMPURE_VARIANTS:  # impure_ablations
+            get_impure(DATASET, scale, SEED, **natural, **overrides)
+        get_superres(DATASET, scale, SEED, **args)
     return found
 
 

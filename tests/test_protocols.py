@@ -219,3 +219,22 @@ def test_eps_table_pivots_accuracy_in_percent_with_eps_in_255():
     table = P.eps_table(frame, "defense")
     assert list(table.columns) == [("fgsm", 8), ("bim", 8)]  # the frame's order, ε in /255
     assert table.loc["a", ("bim", 8)] == 25.0 and table.loc["b", ("fgsm", 8)] == 100.0
+
+
+def test_attack_columns_put_clean_first_then_the_attacks_in_order():
+    frame = rows_frame([row("a", "pgd", "oblivious", 4), row("a", "none", "none", 9), row("a", "fgsm", "oblivious", 6),
+                        row("b", "none", "none", 8), row("b", "fgsm", "oblivious", 2), row("b", "pgd", "oblivious", 1)])
+    table = P.attack_columns(frame, "defense", ["fgsm", "pgd", "cw"])  # cw absent: left out
+    assert list(table.columns) == ["clean", "fgsm", "pgd"] and list(table.index) == ["a", "b"]
+    assert table.loc["a", "clean"] == pytest.approx(90.0) and table.loc["b", "pgd"] == pytest.approx(10.0)
+
+
+def test_verdict_counts_count_only_differences_beyond_the_intervals():
+    first = rows_frame([row("a", "fgsm", "oblivious", 95, n=100), row("a", "pgd", "oblivious", 50, n=100),
+                        row("a", "cw", "oblivious", 5, n=100)]).set_index("attack")
+    second = rows_frame([row("b", "fgsm", "oblivious", 10, n=100), row("b", "pgd", "oblivious", 52, n=100),
+                         row("b", "cw", "oblivious", 90, n=100)]).set_index("attack")
+    assert P.verdict_counts(first, second, ["fgsm", "pgd", "cw"]) == {"first above": 1, "first below": 1,
+                                                                     "cannot tell": 1}
+    assert P.verdict_counts(first, second, ["fgsm"], checked=False) == {"first above": 0, "first below": 0,
+                                                                       "cannot tell": 0}

@@ -225,6 +225,14 @@ def attack_table(frame: pd.DataFrame, labels: Mapping[str, str] = ATTACK_LABELS,
     return out[[c for c in order if c in out]].round(2)
 
 
+def attack_columns(frame: pd.DataFrame, index: str | list[str], attacks: Sequence[str],
+                   value: str = "accuracy") -> pd.DataFrame:
+    """`value` in % by `index` × attack: `clean` (attack 'none') first, then `attacks` in their order; rows in the
+    frame's order (IMPure's Tables 1-3 layout, the paper's attack names being the registry's)."""
+    out = 100 * frame.pivot_table(index=index, columns="attack", values=value, sort=False)
+    return out[[a for a in ["none", *attacks] if a in out.columns]].rename(columns={"none": "clean"})
+
+
 def eps_in_255(table: pd.DataFrame) -> pd.DataFrame:
     """A table with (attack, ε) columns, ε shown in /255 (4, 8, 16) instead of fractions of 1."""
     return table.rename(columns=lambda e: round(e * 255) if isinstance(e, float) else e)
@@ -299,6 +307,15 @@ def claim_between(claim: str, paper: str, a, b, *, checked: bool = True,
     collapsed = set(collapsed)
     names = [row[label] for row in (a, b) if (row["defense"], row["classifier"]) in collapsed]
     return claim_line(claim, paper, a, b, checked=checked, collapsed=names)
+
+
+def verdict_counts(first: pd.DataFrame, second: pd.DataFrame, columns: Sequence, *, checked: bool = True) -> dict:
+    """Over `columns` (index values of both frames, e.g. attacks): in how many the first row is above the second
+    beyond the sampling noise, below it, or not told apart (`claim_line` on each pair of rows). At smoke
+    (checked=False) every count is 0: there is no verdict to count."""
+    verdicts = [claim_line("", "", first.loc[c], second.loc[c], checked=checked)["holds here"] for c in columns]
+    return {"first above": verdicts.count("yes"), "first below": verdicts.count("no"),
+            "cannot tell": verdicts.count("cannot tell at this size")}
 
 
 def training_summary(records: Mapping[str, dict]) -> pd.DataFrame:
