@@ -131,3 +131,13 @@ def test_imagenet_pretrained_missing_weights_names_hub_folder(tmp_path, monkeypa
     assert "resnet50-" in message and ".pth" in message  # the file name to copy there
     assert "pretrained=False" in message and "URLError" in message
     assert calls and calls[0].endswith(".pth")
+
+
+def test_an_architectures_own_recipe_settings_apply_unless_overridden():
+    from lib.core.settings import get_scale
+    from lib.models.zoo import classifier_spec
+
+    quick = get_scale("quick")
+    assert classifier_spec("shapes10", "natural", quick, 0, "vgg_small")["recipe"]["lr"] == 0.02
+    assert classifier_spec("shapes10", "natural", quick, 0, "vgg_small", lr=0.1)["recipe"]["lr"] == 0.1
+    assert classifier_spec("shapes10", "natural", quick, 0)["recipe"]["lr"] == quick.lr  # the scale's for the rest

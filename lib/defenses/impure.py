@@ -26,9 +26,11 @@ Our choices and deviations, and why:
   choice, image + feature noise (Section 5.1), so IMPure as registered is a random purifier (EOT applies).
 - RCM's u is binary and patch-aligned (the text: a mask "with the same patch size"); each patch keeps the
   purified pixels with probability drawn per image from U(0, 1) (the released code pastes 2-4 random chunks).
-- The feature network F is a classifier with `.layers` (lib's VGG): its 4th and 5th stage outputs and its
-  logits stand for VGG19's block-4 / block-5 ReLU maps and pre-softmax layer, with λ = (30, 10, 5) (Eq. 15).
-  At quick there is no ImageNet VGG19 offline, so F is a VGG trained on the embedded data (say so in tables).
+- The feature network F is a classifier with `.layers`: its last two stages' outputs and its logits stand for
+  VGG19's block-4 / block-5 ReLU maps and pre-softmax layer, with λ = (30, 10, 5) (Eq. 15). At paper on
+  ImageNet-size images it is torchvision's VGG-19 (when its weights are present). Offline there is no ImageNet
+  VGG-19, so on the embedded data F is a VGG trained through the cache from another seed than any target:
+  `vgg_small` (VGG-16's layout at the quick width) at smoke and quick, VGG-16 at paper on 32×32 data.
 - AdamW (0.9, 0.95) with the paper's lr and cosine schedule; epochs and widths per scale (`SETTINGS`).
 """
 from __future__ import annotations
@@ -70,8 +72,8 @@ class IMPureSettings:
     eps: float = 16 / 255
     attack_step: float = 4 / 255
     attack_steps: int = 10
-    # the perceptual loss's network F: torchvision's ImageNet VGG-19 on ImageNet-size images, else a VGG
-    # trained on the dataset through the cache (lib.defenses.impure_setup.feature_network)
+    # the perceptual loss's network F: torchvision's ImageNet VGG-19 on ImageNet-size images, else this
+    # architecture trained on the dataset through the cache (lib.defenses.impure_setup.feature_network)
     feature_arch: str = "vgg19"
 
     def __post_init__(self):
@@ -83,9 +85,11 @@ class IMPureSettings:
 
 SETTINGS = {
     "smoke": IMPureSettings(patch_size=4, dim=32, depth=1, heads=2, decoder_dim=32, decoder_depth=1, decoder_heads=2,
-                            epochs=1, batch_size=32, n_train=256, lr=1e-3, attack_steps=2, feature_arch="vgg_small"),
+                            epochs=1, batch_size=32, n_train=256, lr=1e-3, attack_steps=2,
+                            feature_arch="vgg_small"),
     "quick": IMPureSettings(patch_size=4, dim=96, depth=4, heads=3, decoder_dim=64, decoder_depth=2, decoder_heads=2,
-                            epochs=5, batch_size=64, n_train=5_000, lr=1e-3, feature_arch="vgg_small"),
+                            epochs=5, batch_size=64, n_train=5_000, lr=1e-3,
+                            feature_arch="vgg_small"),
     "paper": IMPureSettings(),
 }
 
