@@ -137,3 +137,28 @@ def discard_pixels(x: torch.Tensor, fraction: float, generator: torch.Generator)
     """Appendix A: x with a random `fraction` of its pixel positions set to zero."""
     check_images(x, "x")
     return x * _discard_mask(x.shape, fraction, generator, x.device)
+
+
+def log_magnitude_spectrum(delta: torch.Tensor) -> torch.Tensor:
+    """RDP's Fig. 3: the mean log-magnitude 2-D spectrum of perturbations δ (N, C, H, W) -> (H, W).
+
+    log(1 + |FFT₂(δ)|) per image and channel (log1p: finite where a frequency is absent), averaged over both,
+    fftshifted so that frequency (0, 0) sits at (H // 2, W // 2) and the frequencies grow outwards.
+    """
+    if not torch.is_tensor(delta) or delta.dim() != 4:
+        raise ValueError(f"delta must be a batch of perturbations (N, C, H, W); got {getattr(delta, 'shape', delta)}.")
+    magnitude = torch.fft.fft2(delta.detach().double()).abs()
+    return torch.fft.fftshift(torch.log1p(magnitude).mean((0, 1)), dim=(-2, -1)).float()
+
+
+def radial_profile(spectrum: torch.Tensor) -> torch.Tensor:
+    """A centred spectrum (H, W) (as `log_magnitude_spectrum` returns it) -> (R,): its mean over each ring of
+    integer radius r = round(distance from (H // 2, W // 2)), r = 0 … R − 1 (low to high frequency)."""
+    if spectrum.dim() != 2:
+        raise ValueError(f"spectrum must be 2-D (H, W); got shape {tuple(spectrum.shape)}.")
+    h, w = spectrum.shape
+    rows = torch.arange(h, device=spectrum.device) - h // 2
+    cols = torch.arange(w, device=spectrum.device) - w // 2
+    radius = torch.sqrt(rows[:, None] ** 2 + cols[None, :] ** 2).round().long().flatten()
+    sums = torch.bincount(radius, weights=spectrum.flatten().double())
+    return (sums / torch.bincount(radius).clamp(min=1)).to(spectrum.dtype)
