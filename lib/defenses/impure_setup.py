@@ -24,7 +24,7 @@ from lib.core.cache import ModelCache, spec_hash
 from lib.core.data import ImageData, data_spec, image_shape, load_dataset
 from lib.core.fit import Frozen, fit, progress_bar, trained
 from lib.core.settings import Scale, get_scale, resolve_device, scale_settings
-from lib.defenses.impure import MASKINGS, RIAE, SETTINGS, IMPureSettings, IMPureTrainer, build, feature_layers
+from lib.defenses.impure import RIAE, SETTINGS, IMPureSettings, IMPureTrainer, build, feature_layers
 from lib.models.classifiers import IMAGENET_ARCHITECTURES, imagenet_classifier
 from lib.models.zoo import get_classifier
 
@@ -118,9 +118,8 @@ def get_impure(dataset: str = "shapes10", scale: str | Scale = "quick", seed: in
     scale = get_scale(scale)
     overrides = {"masking": masking, "weights": None if weights is None else tuple(float(w) for w in weights),
                  "train_attacks": None if train_attacks is None else tuple(train_attacks)}
+    # IMPureSettings checks the masking (and S) itself
     s = dataclasses.replace(impure_settings(scale), **{k: v for k, v in overrides.items() if v is not None})
-    if s.masking not in MASKINGS:
-        raise ValueError(f"masking={s.masking!r}: choose one of {MASKINGS}.")
     unknown = sorted(set(s.train_attacks) - set(ATTACKS))
     if unknown or not s.train_attacks:
         raise ValueError(f"train_attacks={s.train_attacks!r}: give one or more of lib's attacks {list(ATTACKS)} "
