@@ -6,7 +6,8 @@ are compared with `tests/data/quick_spec_hashes.json`: a change that alters any 
 cache and retrains the model, so it must be deliberate. The file was written before lib was reorganised into
 packages (which changed none), and rewritten when quick moved to a width-8 target and ε warm-up for PGD-AT
 (`python tests/quick_specs.py > tests/data/quick_spec_hashes.json`; say why in the commit), and extended
-(entries added, none changed) when the idfr and the impure notebooks' quick runs were first kept.
+(entries added, none changed) when the idfr and the impure notebooks' quick runs were first kept, and for the rdp
+notebook's models before its first kept run.
 `quick_run_specs(dry=False)` trains them for real (into $PURIFY_CACHE), in the order the notebooks need them.
 """
 from __future__ import annotations
@@ -35,6 +36,8 @@ def quick_run_specs(dry: bool = True, log=None, scale: str = SCALE) -> dict[str,
     from lib.defenses.hgd_setup import ROLES, get_hgd, hgd_classifiers
     from lib.defenses.idfr_setup import get_idfr
     from lib.defenses.impure_setup import get_impure
+    from lib.defenses.rdp import DROPPABLE
+    from lib.defenses.rdp_setup import get_rdp
     from lib.defenses.superres_setup import get_superres
     from lib.models.zoo import get_classifier
 
@@ -89,6 +92,12 @@ def quick_run_specs(dry: bool = True, log=None, scale: str = SCALE) -> dict[str,
         for overrides in IMPURE_VARIANTS:  # impure_ablations
             get_impure(DATASET, scale, SEED, **natural, **overrides)
         get_superres(DATASET, scale, SEED, **args)
+        # rdp: a second attack source (ResNet-18's layout from SEED + 1), RDP and its Fig. 8 ablations (F, the targets,
+        # the other source and the baselines above; Table 4's noise layer is the same model)
+        get_classifier(DATASET, "natural", scale, SEED + 1, arch="resnet18_small", **args)
+        get_rdp(DATASET, scale, SEED, **args)
+        for dropped in DROPPABLE:
+            get_rdp(DATASET, scale, SEED, drop=(dropped,), **args)
     return found
 
 

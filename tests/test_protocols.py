@@ -9,7 +9,7 @@ from lib.core.settings import get_scale
 from lib.defenses import dir_denoiser
 from lib.defenses.transforms import BitDepthReduction, GaussianNoise
 from lib.eval import protocols as P
-from lib.eval.evaluation import clean_row, evaluate
+from lib.eval.evaluation import clean_row, evaluate, evaluate_oblivious
 from lib.eval.stored_sets import evaluate_test_sets
 
 SMOKE = get_scale("smoke")
@@ -238,3 +238,65 @@ def test_verdict_counts_count_only_differences_beyond_the_intervals():
                                                                      "cannot tell": 1}
     assert P.verdict_counts(first, second, ["fgsm"], checked=False) == {"first above": 0, "first below": 0,
                                                                        "cannot tell": 0}
+
+
+# ---------------------------------------------------------------------------- transfer and targeted rows (RDP)
+def _linear(seed: int) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 10)).eval()
+
+
+def test_transfer_rows_equal_evaluate_oblivious_per_target():
+    x = torch.rand(20, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    sources, targets = {"s": _linear(1)}, {"t1": _linear(2), "t2": _linear(3)}
+    y = targets["t1"](x).argmax(1)
+    defenses = {"none": None, "bits": BitDepthReduction(3), "noise": GaussianNoise(0.1, seed=4)}
+    common = dict(eps=16 / 255, steps=2, step_size=8 / 255, defense_runs=2, dataset="d", seed=5)
+    rows = P.transfer_rows(defenses, targets, sources, x, y, ["fgsm", "pgd"], note="x", **common)
+    keys = [(r["source"], r["attack"], r["defense"], r["classifier"]) for r in rows]
+    assert keys[:6] == [("", "none", d, t) for d in defenses for t in targets]
+    assert keys[6:] == [("s", a, d, t) for a in ("fgsm", "pgd") for d in defenses for t in targets]
+    assert all(r["note"] == "x" for r in rows) and rows[0]["threat_model"] == "none" and rows[6]["threat_model"] == "transfer"
+    frame = rows_frame(rows)
+    for name, model in targets.items():
+        for attack in ("fgsm", "pgd"):
+            single = evaluate_oblivious(defenses, model, x, y, attack=attack, threat_model="transfer",
+                                        surrogate=sources["s"], classifier=name, **common)
+            for row in single:
+                ours = P.pick(frame, source="s", attack=attack, defense=row["defense"], classifier=name)
+                for column in ("accuracy", "accuracy_mean_run", "defense_runs", "steps", "step_size", "n"):
+                    assert ours[column] == pytest.approx(row[column]), (name, attack, row["defense"], column)
+        clean = clean_row(defenses["noise"], model, x, y, defense="noise", defense_runs=2, seed=5)
+        assert P.pick(frame, attack="none", defense="noise", classifier=name).accuracy == clean["accuracy"]
+
+
+def test_targeted_rows_reach_the_drawn_classes_and_name_their_threat_models():
+    model = _linear(1)
+    x = torch.rand(16, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    y = model(x).argmax(1)
+    rows = P.targeted_rows({"none": None, "noise": GaussianNoise(0.02, seed=1)}, model, x, y, eps=64 / 255, steps=10,
+                           step_size=8 / 255, eot_samples=2, defense_runs=2, classifier="lin", seed=3)
+    assert [(r["defense"], r["threat_model"], r["eot_samples"]) for r in rows] == [
+        ("none", "white-box", 1), ("noise", "white-box+eot", 2)]
+    assert rows[0]["targeted"] == "random" and rows[0]["target_hit"] > 0.8 and rows[0]["accuracy"] < 0.2
+    assert rows[0]["target_hit"] + rows[0]["accuracy"] <= 1
+    again = P.targeted_rows({"none": None}, model, x, y, eps=64 / 255, steps=10, step_size=8 / 255, classifier="lin",
+                            seed=3)
+    assert again[0]["accuracy"] == rows[0]["accuracy"] and again[0]["target_hit"] == rows[0]["target_hit"]
+    weak = P.targeted_rows({"none": None}, model, x, y, eps=0.0, steps=1, classifier="lin", seed=3)
+    assert weak[0]["accuracy"] == 1.0 and weak[0]["target_hit"] == 0.0  # ε = 0: nothing moves
+
+
+def test_transfer_rows_reuse_the_kept_images():
+    x = torch.rand(12, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    sources, targets = {"s": _linear(1)}, {"t": _linear(2)}
+    y = targets["t"](x).argmax(1)
+    keep = {}
+    first = P.transfer_rows({"none": None}, targets, sources, x, y, ["pgd"], eps=8 / 255, steps=2, keep=keep)
+    assert set(keep) == {("s", "pgd", 8 / 255)}
+    adversarial = keep[("s", "pgd", 8 / 255)][0]
+    keep[("s", "pgd", 8 / 255)] = (x.clone(), 2, 4 / 255)  # planted: scored as given, not crafted again
+    again = P.transfer_rows({"bits": BitDepthReduction(8)}, targets, sources, x, y, ["pgd"], eps=8 / 255, steps=2,
+                            keep=keep, clean=False)
+    assert again[0]["accuracy"] == 1.0 and again[0]["step_size"] == 4 / 255  # the clean images, all right
+    assert len(first) == 2 and adversarial.shape == x.shape and not torch.equal(adversarial, x)

@@ -75,7 +75,7 @@ def test_tables_by_label_and_typed_columns():
 
 
 def test_unknown_names_list_what_there_is():
-    with pytest.raises(KeyError, match=r"available: \['dir', 'hgd', 'idfr', 'impure'\]"):
+    with pytest.raises(KeyError, match=r"available: \['dir', 'hgd', 'idfr', 'impure', 'rdp'\]"):
         R.paper_numbers("nope")
     with pytest.raises(KeyError, match=r"available: \['section4_2'.*'table5'\]"):
         R.paper_numbers("dir", "table9")
@@ -124,3 +124,56 @@ def test_every_number_is_printed_in_the_paper(path):
         for key, values in by_line.items():  # between two cells: spaces, %, IDFR's a/b/c triples and bold tags
             assert re.search(r"(?:[%\s/]|</?b>)+".join(map(re.escape, values)), text), (path.name, key, values)
     assert all(math.isfinite(float(r["value"])) for r in rows)
+
+
+# RDP (Bai et al.): its text prints Table 1 column by column (the nine baselines of one source and attack in a run)
+# and RDP's row apart, and Table 2 in two lines of five defenses with the second line's names between the first
+# line's numbers; the generic line check sees single cells there, and test_rdp_tables_are_printed_in_the_files_order
+# checks those layouts. Table 3 is printed one column (source, defense) at a time; Table 4 one defense at a time
+PAPER_TEXT["rdp"] = "004_d03a1644c2319be6.txt"
+LINE_KEYS.update({"rdp/table1": ("source", "attack", "defense"), "rdp/table2": ("defense",),
+                  "rdp/table3": ("source", "defense", "threat_model")})
+
+
+def test_rdp_row_counts_and_a_few_cells():
+    assert len(R.paper_numbers("rdp")) == 229
+    t1 = R.reference_table("rdp", "table1", index=["source", "defense"], columns="attack")
+    assert list(t1.columns) == ["fgsm", "mifgsm", "mdfgsm", "tidim", "sinitidim", "average"]  # the paper's order
+    assert list(t1.loc["source 1"].index) == ["JPEG", "FD", "Bit-Red", "TVM", "SR", "R&P", "ComDefend", "HGD", "NRP",
+                                              "RDP"]
+    assert t1.loc[("source 1", "HGD"), "fgsm"] == 3.2 and t1.loc[("Ensemble", "RDP"), "average"] == 14.9
+    assert t1.loc[("Ensemble", "SR"), "average"] == 61.7  # the abstract's "from 61.7% to 14.9%"
+    assert "source 2" not in set(R.paper_numbers("rdp", "table1").query("defense == 'RDP'").source)  # lost
+    t2 = R.reference_table("rdp", "table2", index="defense", columns="metric")
+    assert t2.loc["None", "accuracy"] == 97.6 and t2.loc["ComDefend", "accuracy"] == 90.5
+    t3 = R.reference_table("rdp", "table3", index="target", columns=["source", "defense"])
+    assert t3.loc["IncRes-v2ens", ("ResNet-152 + NRP", "RDP")] == 79.2 and t3.loc["Inc-v3", ("ResNet-152", "None")] == 37.1
+    t4 = R.reference_table("rdp", "table4", index="defense", columns="attack")
+    assert list(t4.index) == ["N/A", "AT-FD", "NRP", "RDP"] and t4.loc["RDP", "pgd_targeted"] == 71.3
+
+
+def test_rdp_averages_are_the_mean_of_the_five_attacks():
+    frame = R.paper_numbers("rdp", "table1")
+    for (source, defense), part in frame.groupby(["source", "defense"]):
+        values = part.set_index("attack").value
+        if "average" in values and len(values) == 6:
+            assert abs(values.drop("average").mean() - values["average"]) <= 0.06, (source, defense)
+
+
+@pytest.mark.skipif(not PAPERS.exists(), reason="the paper texts are not here (set PURIFY_PAPERS)")
+def test_rdp_tables_are_printed_in_the_files_order():
+    text = (PAPERS / PAPER_TEXT["rdp"]).read_text()
+    between = r"(?:[%\s/↑]|</?b>)+"
+    rows = list(csv.DictReader(open(REPO / "lib" / "reference" / "rdp" / "table1.csv")))
+    lines = {}
+    for r in rows:  # baselines: one printed column per (source, attack); RDP: one printed row per source
+        key = (r["source"], "RDP") if r["defense"] == "RDP" else (r["source"], r["attack"])
+        lines.setdefault(key, []).append(r["value"])
+    for key, values in lines.items():
+        assert len(values) in (6, 9), key
+        assert re.search(between.join(map(re.escape, values)), text), key
+    rows = list(csv.DictReader(open(REPO / "lib" / "reference" / "rdp" / "table2.csv")))
+    printed = [r["value"] for r in rows if r["defense"] != "None"]
+    names = r"(?:[%\s↑]|R&P|ComDefend|HGD|NRP|RDP)+"  # the second line's defense names sit inside the first's
+    for half in (printed[:5], printed[5:]):  # Table 2's two printed lines
+        assert re.search(names.join(map(re.escape, half)), text), half

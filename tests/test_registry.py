@@ -158,18 +158,18 @@ def test_a_correct_fake_passes_the_check(monkeypatch):
     check_defense_contract(get_defense("fake", device="cpu").purifier, _fake(_Noise), torch.rand(2, 3, 16, 16))
 
 
-def test_the_registry_covers_every_transform_baseline_hgd_variant_dir_idfr_impure_and_superres():
+def test_the_registry_covers_every_transform_baseline_hgd_variant_dir_idfr_impure_superres_and_rdp():
     hgd = {f"hgd_{o}" for o in OBJECTIVES if o != "pixel"} | {f"hgd_pixel_{a}" for a in ARCHITECTURES}
-    assert set(DEFENSES) == set(TRANSFORMS) | set(BASELINES) | hgd | {"dir", "idfr", "impure", "superres"}
+    assert set(DEFENSES) == set(TRANSFORMS) | set(BASELINES) | hgd | {"dir", "idfr", "impure", "superres", "rdp"}
     assert all(e.name == name and e.kind in registry.KINDS and e.citation for name, e in DEFENSES.items())
     assert len(registry.table()) == len(DEFENSES)
 
 
-@pytest.mark.parametrize("name", ["ape_gan", "hgd_lgd", "dir", "idfr", "impure"])
+@pytest.mark.parametrize("name", ["ape_gan", "hgd_lgd", "dir", "idfr", "impure", "rdp"])
 def test_learned_options_are_the_real_getters_keywords(name):
     getter = {"ape_gan": "lib.defenses.baselines:get_baseline", "hgd_lgd": "lib.defenses.hgd_setup:get_hgd",
               "dir": "lib.defenses.dir_setup:get_dir", "idfr": "lib.defenses.idfr_setup:get_idfr",
-              "impure": "lib.defenses.impure_setup:get_impure"}[name]
+              "impure": "lib.defenses.impure_setup:get_impure", "rdp": "lib.defenses.rdp_setup:get_rdp"}[name]
     module, attr = getter.split(":")
     params = set(inspect.signature(getattr(__import__(module, fromlist=[attr]), attr)).parameters)
     assert set(DEFENSES[name].options) | set(registry.STANDARD) <= params

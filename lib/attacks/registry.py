@@ -23,6 +23,8 @@ What we configure or wrap around torchattacks 3.5.1, and why:
   direct call for training purifiers (see `FeatureDistortion`).
 - `vnifgsm`, `sinifgsm`: torchattacks evaluates the model at points outside [0, 1] (VNI's random neighbours,
   the Nesterov look-ahead); ours clamp those points (`InRange`), so a purifier that checks its input works.
+  `difgsm`, `mdfgsm`, `tifgsm` too: the input diversity's bilinear resize can land a rounding error outside
+  [0, 1], which a range-checking purifier (NRP) refuses; the clamp changes nothing else.
 - `cw`, `deepfool` at eps = 0 return the input unchanged (the projection onto the ε-ball is always applied,
   and at ε = 0 the inner attack is not run), and so does `pgd_l2` (torchattacks' PGDL2 divides 0 by 0 there
   and returns NaN images): ε = 0 means "no perturbation" for every attack here.
@@ -177,9 +179,9 @@ _BUILDERS: dict[str, Callable[..., Attack]] = {
     "cw": lambda m, e, n, a, c, s, k: torchattacks.CW(m, c=1, kappa=0, steps=n, lr=0.01),  # Carlini & Wagner 2017
     "deepfool": lambda m, e, n, a, c, s, k: torchattacks.DeepFool(m, steps=n, overshoot=0.02),
     "mifgsm": lambda m, e, n, a, c, s, k: torchattacks.MIFGSM(m, eps=e, alpha=a, steps=n, decay=1.0),
-    "difgsm": lambda m, e, n, a, c, s, k: torchattacks.DIFGSM(m, eps=e, alpha=a, steps=n, decay=0.0),
-    "mdfgsm": lambda m, e, n, a, c, s, k: torchattacks.DIFGSM(m, eps=e, alpha=a, steps=n, decay=1.0),  # DI + MI
-    "tifgsm": lambda m, e, n, a, c, s, k: torchattacks.TIFGSM(m, eps=e, alpha=a, steps=n, decay=0.0),
+    "difgsm": lambda m, e, n, a, c, s, k: torchattacks.DIFGSM(InRange(m), eps=e, alpha=a, steps=n, decay=0.0),
+    "mdfgsm": lambda m, e, n, a, c, s, k: torchattacks.DIFGSM(InRange(m), eps=e, alpha=a, steps=n, decay=1.0),  # DI + MI
+    "tifgsm": lambda m, e, n, a, c, s, k: torchattacks.TIFGSM(InRange(m), eps=e, alpha=a, steps=n, decay=0.0),
     "vnifgsm": lambda m, e, n, a, c, s, k: torchattacks.VNIFGSM(InRange(m), eps=e, alpha=a, steps=n),
     "sinifgsm": lambda m, e, n, a, c, s, k: torchattacks.SINIFGSM(InRange(m), eps=e, alpha=a, steps=n),
     "apgd_ce": lambda m, e, n, a, c, s, k: torchattacks.APGD(m, eps=e, steps=n, loss="ce", seed=s),

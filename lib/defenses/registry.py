@@ -3,7 +3,7 @@
 An entry says what a defense is and how the harness must attack it:
 - `display_name`, `citation` (authors, title, venue, year) and `kind`: a fixed `transform`
   (lib.defenses.transforms), a learned `baseline` (lib.defenses.baselines), an `hgd` denoiser, `dir`, `idfr`,
-  `impure` or `superres` (learned on clean images, for any classifier);
+  `impure`, or `superres` and `rdp` (learned on clean images, for any classifier);
 - the purifier contract of lib.core.purifiers: `differentiable` (white-box gradients go through it, else
   the `bpda` threat model), `randomized` (the `eot` threat model; repeatable after `reseed`),
   `bpda_surrogate` (it has a BPDA surrogate other than the identity);
@@ -55,6 +55,8 @@ from lib.defenses.impure_setup import get_impure, impure_settings
 from lib.defenses.jatp import JATP
 from lib.defenses.menet import MENet
 from lib.defenses.nrp import NRP
+from lib.defenses.rdp import RDPPurifier, rdp_settings
+from lib.defenses.rdp_setup import get_rdp
 from lib.defenses.soap import SOAP
 from lib.defenses.superres import SuperResolutionDefense
 from lib.defenses.superres_setup import get_superres, superres_settings
@@ -62,7 +64,7 @@ from lib.defenses.transforms import TRANSFORMS, build_transform
 
 __all__ = ["DefenseEntry", "ReadyDefense", "DEFENSES", "get_defense", "defense_settings", "table"]
 
-KINDS = ("transform", "baseline", "hgd", "dir", "idfr", "impure", "superres")
+KINDS = ("transform", "baseline", "hgd", "dir", "idfr", "impure", "superres", "rdp")
 # get_defense's own arguments, passed to every learned getter; the rest of a getter's keywords are options
 STANDARD = ("target", "target_record", "device", "data_root", "cache", "progress")
 
@@ -143,6 +145,10 @@ def _get_impure(name, dataset, scale, seed, **kwargs):
 
 def _get_superres(name, dataset, scale, seed, **kwargs):
     return get_superres(dataset, scale, seed, **kwargs)
+
+
+def _get_rdp(name, dataset, scale, seed, **kwargs):
+    return get_rdp(dataset, scale, seed, **kwargs)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -244,6 +250,13 @@ def _registry() -> dict[str, DefenseEntry]:
         'Adversarial Attacks", IEEE TIP 2019 (wavelet denoising, then an EDSR-style ×2 network)', "superres",
         **_flags(SuperResolutionDefense), needs_target=False, grayscale=True, getter=_get_superres,
         settings=lambda scale, dataset: superres_settings(scale), options=("sigma",))
+    # learned on clean images only (label-free examples against a fixed F): one P per dataset defends any
+    # classifier; P is deterministic, the `noise_sigma` option (Table 4's dynamic mode) makes it random
+    out["rdp"] = DefenseEntry(
+        "rdp", "RDP", 'Bai, Zhao, Guo, Wen, "Adversarial Purification through Representation Disentanglement", '
+        'arXiv 2110.07801, 2021 (the repository\'s copy is titled "Representation Disentangled Purification"; '
+        "venue not in it)", "rdp", **_flags(RDPPurifier), needs_target=False, grayscale=True, getter=_get_rdp,
+        settings=lambda scale, dataset: rdp_settings(scale), options=("drop", "noise_sigma"))
     return out
 
 

@@ -11,6 +11,8 @@
 | `check_n_eval` | a notebook's `n_eval` parameter: None → the scale's default, else an int in [1, scale.n_eval] |
 | `purify_batched` | purifier(x) in batches, without gradients, optionally reseeded first |
 | `defense_rows` | the Table-1 protocol: per defense the clean row, then every attack under every threat model |
+| `transfer_rows` | black-box tables (RDP's Table 1): crafted once per source and attack, purified once per defense, scored on every target |
+| `targeted_rows` | a targeted attack (random target class ≠ label) through each defense (RDP's Table 4: targeted PGD-10) |
 | `white_box_and_eot` | `white-box`, plus `white-box+eot` for a random defense (DIR's Table 1 protocol) |
 | `mask_aware_rows` | DIR's Eq. 8 attack, scored with the attacker's masks and with fresh ones |
 | `stored_set_rows` | each defense on stored adversarial test sets (HGD's Tables 2-5) |
@@ -35,10 +37,12 @@ from torch import nn
 
 from lib.attacks.adaptive import mask_aware_attack
 from lib.attacks.attack_sets import AdversarialSet
+from lib.attacks.registry import FIXED_STEPS, build_attack, run_attack
+from lib.attacks.threat_models import attacked_model, parse_threat_model
 from lib.core.purifiers import Identity, is_randomized, purify_batched, reseed  # noqa: F401 (purify_batched: re-exported for the notebooks)
 from lib.core.results import claim_line, is_collapsed, result_row
 from lib.core.settings import Scale
-from lib.eval.evaluation import clean_row, evaluate, score
+from lib.eval.evaluation import check_inputs, clean_row, evaluate, predictions, score
 from lib.eval.sanity import default_threat_model
 from lib.eval.stored_sets import evaluate_test_sets
 
@@ -124,6 +128,104 @@ def defense_rows(defenses: Mapping[str, nn.Module | None], target: nn.Module, x:
             rows.append(evaluate(purifier, target, x[:n_aa], y[:n_aa], attack="autoattack_rand" if random else
                                  "autoattack", threat_model=default_threat_model(purifier or Identity()).replace(
                                      "+eot", ""), eps=eps, defense_runs=defense_runs, defense=name, **tag))
+    return rows
+
+
+def transfer_rows(defenses: Mapping[str, nn.Module | None], targets: Mapping[str, nn.Module],
+                  sources: Mapping[str, nn.Module], x: torch.Tensor, y: torch.Tensor, attacks: Sequence[str], *,
+                  eps: float, steps: int, step_size: float | None = None, defense_runs: int = 1, clean: bool = True,
+                  keep: dict | None = None, dataset: str = "unknown", seed: int = 0, **extra) -> list[dict]:
+    """Black-box rows (`transfer`, RDP's Table 1): every defense in front of every target, against attacks crafted
+    on surrogate `sources` that see neither.
+
+    The adversarial images depend only on (source, attack): each is crafted once (`evaluate` on the source alone,
+    the row's seed), and each defense purifies them once per run (reseeded as `score` does: seed·1000 + r) for all
+    the targets, which is what `evaluate_oblivious(..., threat_model="transfer")` per target gives, at a fraction
+    of the cost when the targets are many and the transforms slow. An image counts as correct only if it is right
+    in every one of a random defense's `defense_runs` runs. clean: first the clean rows of every defense × target
+    (attack 'none', source ''). keep: a dict of adversarial images keyed (source, attack, eps): filled with those
+    crafted here, and those already in it are scored instead of crafted again (another call on the same images, e.g.
+    more defenses against the same attacks; their rows' `seconds` then count the scoring only). Rows:
+    lib.core.results rows with `classifier` the target's name, `source`, and the `extra` columns; in the order
+    source, attack, defense, target. x: (N, C, H, W) in [0, 1], y: (N,).
+    """
+    for model in targets.values():
+        check_inputs(model.eval(), x, y)
+
+    def scored(images, attack, source, threat_model, steps_used, step, attack_seconds):
+        out = []
+        for name, purifier in defenses.items():
+            begin = time.perf_counter()
+            purifier = (purifier or Identity()).eval()
+            runs = defense_runs if is_randomized(purifier) else 1
+            correct = {t: [] for t in targets}
+            for r in range(runs):
+                reseed(purifier, seed * 1000 + r)
+                purified = purify_batched(purifier, images, batch_size=512)
+                for t, model in targets.items():
+                    correct[t].append(predictions(model, purified) == y)
+            for t in targets:
+                c = torch.stack(correct[t])  # (runs, N)
+                out.append(result_row(
+                    defense=name, classifier=t, dataset=dataset, threat_model=threat_model, attack=attack,
+                    eps=0.0 if attack == "none" else eps, steps=steps_used, step_size=step,
+                    correct=int(c.all(0).sum()), n=len(y), seed=seed, seconds=attack_seconds + time.perf_counter() - begin,
+                    source=source, accuracy_mean_run=float(c.float().mean()),
+                    accuracy_majority=float((c.float().mean(0) > 0.5).float().mean()), defense_runs=runs, eot_samples=1,
+                    **extra))
+        return out
+
+    rows = scored(x, "none", "", "none", 0, 0.0, 0.0) if clean else []
+    keep = {} if keep is None else keep
+    for source_name, source in sources.items():
+        for attack in attacks:
+            start = time.perf_counter()
+            key = (source_name, attack, eps)
+            if key not in keep or len(keep[key][0]) != len(x):
+                first, adversarial = evaluate(None, source, x, y, attack=attack, threat_model="oblivious", eps=eps,
+                                              steps=steps, step_size=step_size, seed=seed, return_adversarial=True)
+                keep[key] = adversarial, first["steps"], first["step_size"]
+            adversarial, steps_used, step = keep[key]
+            rows += scored(adversarial, attack, source_name, "transfer", steps_used, step, time.perf_counter() - start)
+    return rows
+
+
+def targeted_rows(defenses: Mapping[str, nn.Module | None], target: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
+                  eps: float, steps: int, step_size: float | None = None, attack: str = "pgd",
+                  threat_models: str | Sequence[str] | Callable | None = None, eot_samples: int = 1,
+                  defense_runs: int = 1, classifier: str = "classifier", dataset: str = "unknown", seed: int = 0,
+                  batch_size: int = 256, **extra) -> list[dict]:
+    """A targeted attack through each defense (RDP's Table 4: targeted PGD-10 in white-box settings, after Xie et al.
+    2019): every image gets a target class drawn uniformly from the classes other than its label (a generator seeded
+    by `seed`, the same classes for every defense), the attack descends the loss towards it, and the row's
+    `accuracy` is the fraction still classified correctly (worst case over `defense_runs`, as `evaluate` scores),
+    `target_hit` the fraction classified as the attacker's class (mean over runs). Threat models as in
+    `defense_rows` (None: `lib.eval.sanity.default_threat_model`); EOT threat models average `eot_samples`
+    gradients per step. Rows carry `targeted='random'`; x: (N, C, H, W) in [0, 1], y: (N,)."""
+    n_classes = check_inputs(target.eval(), x, y)
+    generator = torch.Generator().manual_seed(seed)
+    goal = ((y.cpu() + torch.randint(1, n_classes, (len(y),), generator=generator)) % n_classes).to(y.device)
+    rows = []
+    for name, purifier in defenses.items():
+        purifier = (purifier or Identity()).eval()
+        for threat_model in _threat_models(threat_models, purifier):
+            parse_threat_model(threat_model)
+            eot = eot_samples if "eot" in threat_model else 1
+            start = time.perf_counter()
+            atk = build_attack(attack, attacked_model(threat_model, purifier, target, None, eot), eps, steps,
+                               step_size, n_classes=n_classes, seed=seed)
+            atk.set_mode_targeted_by_label(quiet=True)  # the labels given to the attack are the target classes
+            reseed(purifier, seed)
+            adversarial = torch.cat([run_attack(atk, xb, gb, seed + i) for i, (xb, gb)
+                                     in enumerate(zip(x.split(batch_size), goal.split(batch_size)))])
+            right = score(purifier, target, adversarial, y, defense_runs, seed)
+            hit = score(purifier, target, adversarial, goal, defense_runs, seed)  # the same draws (reseeded)
+            rows.append(result_row(
+                defense=name, classifier=classifier, dataset=dataset, threat_model=threat_model, attack=attack,
+                eps=eps, steps=FIXED_STEPS.get(attack, steps), step_size=float(getattr(atk, "alpha", float("nan"))),
+                correct=int(right["worst"].sum()), n=len(y), seed=seed, seconds=time.perf_counter() - start,
+                targeted="random", target_hit=float(hit["mean"].mean()), accuracy_mean_run=float(right["mean"].mean()),
+                defense_runs=right["runs"], eot_samples=eot, **extra))
     return rows
 
 
