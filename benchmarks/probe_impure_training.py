@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from lib.attacks.attack_sets import pair_batches
+from lib.attacks.attack_sets import AdversarialSet, pair_batches
 from lib.attacks.registry import build_attack, run_attack
 from lib.core.data import load_dataset
 from lib.core.settings import get_scale
@@ -97,12 +97,12 @@ def main() -> None:
     else:
         network, _ = feature_network("shapes10", scale, 0, device="cpu", progress=False)
     network.eval().requires_grad_(False)
-    if args.pairs.exists():
-        pairs = torch.load(args.pairs, weights_only=False)
+    if args.pairs.exists():  # plain tensors, so that loading runs no pickled code
+        pairs = AdversarialSet(**torch.load(args.pairs, weights_only=True))
     else:
         data = load_dataset("shapes10", "train").subset(s.n_train, 0)
         pairs = training_pairs(target, data, s, device="cpu", seed=0, progress=False)
-        torch.save(pairs, args.pairs)
+        torch.save(dataclasses.asdict(pairs), args.pairs)
 
     x, y = load_dataset("shapes10", "test").subset(200, 1).tensors("cpu")
     pgd = build_attack("pgd", target, eps=16 / 255, steps=10, step_size=4 / 255, n_classes=10, seed=0)
