@@ -83,12 +83,17 @@ def main() -> None:
     parser.add_argument("--robust-feature-network", action="store_true", help="F = a PGD-AT vgg_small (seed 1)")
     parser.add_argument("--gradient-norms", action="store_true",
                         help="print each term's gradient norm (Eq. 15's λ) on the first batch, before and after")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="override an IMPureSettings size field, e.g. --set patch_size=2 --set dim=64")
     parser.add_argument("--pairs", type=Path, default=Path("/tmp/impure_quick_pairs.pt"))
     args = parser.parse_args()
 
     scale = get_scale("quick")
     changes = {k: v for k, v in dict(lr=args.lr, batch_size=args.batch_size, noise_max=args.noise_max,
                                      masking=args.masking).items() if v is not None}
+    for item in args.set:
+        field, _, value = item.partition("=")
+        changes[field] = int(value)
     changes["weights"] = tuple(0.0 if args.pixel_only else args.weight_scale * w for w in impure_settings(scale).weights)
     s = dataclasses.replace(impure_settings(scale), **changes)
     target, _ = get_classifier("shapes10", "natural", scale, 0, device="cpu", progress=False)

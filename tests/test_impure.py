@@ -111,3 +111,25 @@ def test_get_impure_checks_its_options_before_any_work():
         get_impure(target=None, target_record=None, masking="blur")
     with pytest.raises(ValueError, match="train_attacks=.*unknown: \\['pgdd'\\]"):
         get_impure(target=None, target_record=None, train_attacks=["pgdd"])
+
+
+def test_weight_scale_multiplies_every_lambda_and_the_warmup_ramps_the_lr():
+    network = build_classifier("vgg16", "shapes10", 8).eval()
+    x = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    x_adv = (x + 8 / 255 * torch.randn_like(x).sign()).clamp(0, 1)
+    losses = {}
+    for scale in (0.0, 1e-3):
+        trainer = impure.IMPureTrainer(small_riae(32), network,
+                                       impure.IMPureSettings(weight_scale=scale, warmup_steps=10), total_steps=100)
+        trainer.schedule(0, 100)
+        assert trainer.opt.param_groups[0]["lr"] == pytest.approx(1e-4 * 0.1)  # step 1 of 10
+        trainer.schedule(50, 100)
+        assert trainer.opt.param_groups[0]["lr"] == pytest.approx(1e-4 * 0.5)  # past the warm-up: the cosine alone
+        losses[scale] = trainer.step(x, x_adv)
+    assert losses[0.0]["loss"] == pytest.approx(losses[0.0]["pixel"])  # λ × 0: the pixel loss alone
+    perceptual = sum(w * losses[1e-3][f"perceptual_{i}"] for i, w in enumerate((30.0, 10.0, 5.0)))
+    assert losses[1e-3]["loss"] == pytest.approx(losses[1e-3]["pixel"] + 1e-3 * perceptual, rel=1e-5)
+    with pytest.raises(ValueError, match="weight_scale"):
+        impure.IMPureSettings(weight_scale=-1.0)
+    with pytest.raises(ValueError, match="warmup_steps"):
+        impure.IMPureSettings(warmup_steps=-5)
