@@ -45,6 +45,28 @@ def test_a_subsets_reconstruction_never_sees_its_own_patches():
     assert torch.equal(out, riae(x)) and not riae.randomized  # the periodic division is deterministic
 
 
+def test_purify_keeps_each_patch_from_its_own_subsets_pass_and_matches_the_full_decoder():
+    # purify runs the last decoder block on the masked patches alone; it must equal reconstruct_subsets (every
+    # position decoded) gathered at each patch's own subset, in values and in gradients
+    x = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(4))
+    for riae in (small_riae(decoder_depth=2), small_riae(periodic=False, masking="image_feature_noise")):
+        riae.train(not riae.periodic)  # the random division is drawn in training
+        ids = riae.division(x)
+        inputs = [x.clone().requires_grad_(True) for _ in range(2)]
+        riae.reseed(5)
+        full = riae.reconstruct_subsets(inputs[0], ids)
+        expected = riae.unpatchify(full.gather(1, ids[:, None, :, None].expand(-1, 1, -1, full.shape[-1])).squeeze(1))
+        riae.reseed(5)
+        fast = riae.purify(inputs[1], ids)
+        torch.testing.assert_close(fast, expected, atol=1e-5, rtol=1e-5)
+        weights = torch.randn_like(fast)
+        (expected * weights).sum().backward()
+        (fast * weights).sum().backward()
+        torch.testing.assert_close(inputs[1].grad, inputs[0].grad, atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="together be all 16 patches"):
+        riae.decode_masked(torch.zeros(1, 4, 32), torch.arange(4)[None], torch.arange(4, 8)[None])
+
+
 def test_random_divisions_and_noise_maskings_make_it_random_and_repeatable_after_reseed():
     x = torch.rand(2, 3, 16, 16)
     for riae in (small_riae(periodic=False), small_riae(masking="image_feature_noise")):

@@ -9,7 +9,7 @@ adversarial perturbation of a patch never reaches that patch's reconstruction (S
 |---|---|
 | patch / position embedding, ViT blocks, mask token (MAE) | `lib.defenses.mae.MaskedAutoencoder` (shared with DIR) |
 | S subsets: random in training, the released code's fixed 2×2-periodic pattern at test | `random_subsets`, `periodic_subsets` |
-| RIAE (Fig. 4): encode each subset alone, decode each from the others | `RIAE.reconstruct_subsets`, `RIAE.forward` |
+| RIAE (Fig. 4): encode each subset alone, decode each from the others | `RIAE.encode_subsets`, `RIAE.reconstruct_subsets`, `RIAE.purify` |
 | information masking (Fig. 5, 7): image occlusion, image noise, feature noise, image + feature noise | `RIAE.masking` |
 | RCM, Eq. 10: x′ = x̂ ⊙ u + x_adv ⊙ (1 − u), u patch-aligned | `rcm_mask`, `combine` |
 | Eqs. 12-15: L1 pixel + λ-weighted L1 perceptual loss on feature maps and pre-softmax outputs | `impure_loss`, `IMPureTrainer` |
@@ -166,9 +166,9 @@ class RIAE(MaskedAutoencoder):
         sigma = self.noise_max * torch.rand(len(t), *[1] * (t.dim() - 1), generator=gen, device=t.device)
         return sigma * torch.randn(t.shape, generator=gen, device=t.device, dtype=t.dtype)
 
-    def reconstruct_subsets(self, x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        """(N, S, L, p²·C) pixel patches: row s is the decoder's output when subset s is masked and the others
-        are visible (each subset encoded alone). ids: (N, L) subset id of every patch."""
+    def encode_subsets(self, x: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every subset encoded alone, with the masking's noise: features (N, S, L/S, D') and their patch
+        positions (N, S, L/S), ascending within a subset. ids: (N, L) subset id of every patch."""
         n, s, length = len(x), self.subsets, self.n_patches
         if self.masking in ("image_noise", "image_feature_noise"):
             x = x + self._noise_like(x)
@@ -177,17 +177,33 @@ class RIAE(MaskedAutoencoder):
         features = self.encode(x, index.reshape(n * s, -1), repeats=s)  # (N·S, L/S, D'), every subset alone
         if self.masking in ("feature_noise", "image_feature_noise"):
             features = features + self._noise_like(features)
-        features, index = features.view(n, s, length // s, -1), index.view(n, s, -1)
-        # decoder pass for masked subset j: every other subset's features, mask tokens at subset j
-        others = torch.tensor([[k for k in range(s) if k != j] for j in range(s)], device=x.device)  # (S, S−1)
-        seq = features[:, others].reshape(n * s, (s - 1) * (length // s), -1)
+        return features.view(n, s, length // s, -1), index.view(n, s, -1)
+
+    def _others(self, device) -> torch.Tensor:
+        """(S, S − 1): for each masked subset j, the subsets the decoder sees."""
+        s = self.subsets
+        return torch.tensor([[k for k in range(s) if k != j] for j in range(s)], device=device)
+
+    def reconstruct_subsets(self, x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """(N, S, L, p²·C) pixel patches: row s is the decoder's output at every position when subset s is
+        masked and the others are visible (Fig. 4 in full; `purify` computes only the patches it keeps)."""
+        features, index = self.encode_subsets(x, ids)
+        (n, s, v, _), others = features.shape, self._others(x.device)
+        seq = features[:, others].reshape(n * s, (s - 1) * v, -1)
         visible = index[:, others].reshape(n * s, -1)
-        return self.decode(seq, visible).view(n, s, length, -1)
+        return self.decode(seq, visible).view(n, s, self.n_patches, -1)
 
     def purify(self, x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        """The purified image, unclamped: each patch from the decoder pass that masked its own subset."""
-        patches = self.reconstruct_subsets(x, ids)  # (N, S, L, P)
-        own = patches.gather(1, ids[:, None, :, None].expand(-1, 1, -1, patches.shape[-1])).squeeze(1)
+        """The purified image, unclamped: each patch from the decoder pass that masked its own subset
+        (`reconstruct_subsets` gathered at each patch's own subset, computed for those patches alone)."""
+        features, index = self.encode_subsets(x, ids)
+        (n, s, v, _), others = features.shape, self._others(x.device)
+        seq = features[:, others].reshape(n * s, (s - 1) * v, -1)
+        visible = index[:, others].reshape(n * s, -1)
+        own = self.decode_masked(seq, visible, index.reshape(n * s, v))  # (N·S, L/S, P): subset j's own patches
+        # back from subset order to patch order: position index[i, j, t] holds own[i, j, t]
+        inverse = index.reshape(n, -1).argsort(1)
+        own = own.reshape(n, s * v, -1).gather(1, inverse[..., None].expand(-1, -1, own.shape[-1]))
         return self.unpatchify(own)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -6,8 +6,12 @@ Vision Learners", CVPR 2022, the architecture both papers build on).
 - `encode(x, index)`: embed the image's patches, keep the patches listed in `index` (each row of the batch its
   own subset, all of one length) and run them through the encoder, alone: an encoded patch sees only the
   patches of its own row;
-- `decode(seq, index, rows)`: put those features back at their positions in a full sequence of mask tokens,
-  add the decoder's position embedding, run the decoder, and return pixel patches for every position.
+- `decode(seq, index)`: put those features back at their positions in a full sequence of mask tokens, add the
+  decoder's position embedding, run the decoder, and return pixel patches for every position;
+- `decode_masked(seq, visible, masked)`: the same pass when only the masked positions' patches are wanted
+  (IMPure): the tokens go in as [visible features, mask tokens] (attention without a mask does not depend on
+  the order of the tokens, the position embedding says where each one is) and the last decoder block runs its
+  queries, MLP and the pixel head on the mask tokens alone.
 How the subsets are chosen and how the decoded patches are combined is each paper's own (DIR: K masks and
 their mean; IMPure: S disjoint subsets, each reconstructed from the others). The attribute names are DIR's
 original ones, so DIR's cached checkpoints load unchanged.
@@ -18,6 +22,7 @@ import torch
 from timm.layers import PatchEmbed, build_sincos2d_pos_embed
 from timm.models.vision_transformer import Block
 from torch import nn
+from torch.nn import functional as F
 
 from lib.core.purifiers import Purifier
 from lib.core.settings import check_images
@@ -96,8 +101,9 @@ class MaskedAutoencoder(Purifier):
         """Encoder features of the patches `index` (B, V) of each row, B = len(x)·repeats (image i at rows
         i·repeats … i·repeats + repeats − 1): (B, V, decoder_dim). Each row is encoded alone."""
         tokens = self.patch_embed(x - 0.5) + self.pos_embed  # (N, L, D)
-        seq = tokens.repeat_interleave(repeats, 0) if repeats > 1 else tokens
-        seq = seq.gather(1, index[..., None].expand(-1, -1, seq.shape[-1]))
+        # one gather of image i's rows i·repeats … side by side, then split back into rows: no repeated copy
+        wide = index.reshape(len(x), -1)[..., None].expand(-1, -1, tokens.shape[-1])
+        seq = tokens.gather(1, wide).view(len(index), index.shape[1], -1)
         for block in self.blocks:
             seq = block(seq)
         return self.decoder_embed(self.norm(seq))
@@ -111,3 +117,40 @@ class MaskedAutoencoder(Purifier):
         for block in self.decoder_blocks:
             full = block(full)
         return self.head(self.decoder_norm(full)) + 0.5
+
+    def decode_masked(self, seq: torch.Tensor, visible: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
+        """Pixel patches (B, M, p²·C) at positions `masked` (B, M), from features `seq` (B, V, ·) at positions
+        `visible` (B, V), where visible and masked together are all L positions: `decode(seq, visible)` at the
+        masked positions, up to float rounding, at about a third of the decoder's cost."""
+        if visible.shape[1] + masked.shape[1] != self.n_patches:
+            raise ValueError(f"visible ({visible.shape[1]}) and masked ({masked.shape[1]}) positions must together "
+                             f"be all {self.n_patches} patches.")
+        pos = self.decoder_pos_embed[0]
+        tokens = torch.cat([seq + pos[visible], self.mask_token + pos[masked]], 1)
+        for block in self.decoder_blocks[:-1]:
+            tokens = block(tokens)
+        if len(self.decoder_blocks):
+            out = block_queries(self.decoder_blocks[-1], tokens, masked.shape[1])
+        else:
+            out = tokens[:, -masked.shape[1]:]
+        return self.head(self.decoder_norm(out)) + 0.5
+
+
+def block_queries(block: Block, x: torch.Tensor, m: int) -> torch.Tensor:
+    """timm `Block(x)[:, -m:]` without computing the other rows: the last m tokens attend to all of x (keys and
+    values from every token, queries from those m), then the residual MLP on the m rows alone."""
+    attn, (b, n, _) = block.attn, x.shape
+    h = block.norm1(x)
+    w, bias = attn.qkv.weight, attn.qkv.bias
+    a = attn.attn_dim
+    q = F.linear(h[:, -m:], w[:a], None if bias is None else bias[:a])
+    kv = F.linear(h, w[a:], None if bias is None else bias[a:])
+    q = q.view(b, m, attn.num_heads, attn.head_dim).transpose(1, 2)
+    k, v = kv.view(b, n, 2, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+    q, k = attn.q_norm(q), attn.k_norm(k)
+    out = F.scaled_dot_product_attention(q, k, v, dropout_p=attn.attn_drop.p if attn.training else 0.0)
+    out = attn.norm(out.transpose(1, 2).reshape(b, m, a))
+    if attn.gate is not None:
+        out = out * attn.gate(h[:, -m:]).sigmoid()
+    rows = x[:, -m:] + block.drop_path1(block.ls1(attn.proj_drop(attn.proj(out))))
+    return rows + block.drop_path2(block.ls2(block.mlp(block.norm2(rows))))
