@@ -42,6 +42,15 @@ def _timed(fn, repeats: int = 3) -> float:
     return best
 
 
+def save_results(out: dict, name: str, device: torch.device) -> dict:
+    """Write `out` to benchmarks/results/<name>_<device type>.json and print it without its provenance."""
+    path = Path(__file__).parent / "results" / f"{name}_{device.type}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=2))
+    print(json.dumps({k: v for k, v in out.items() if k != "provenance"}, indent=2))
+    return out
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser()
     parser.add_argument("--device", default="auto")
@@ -79,11 +88,7 @@ def main(argv=None) -> dict:
         metrics = train_classifier(net, train, test, recipe_for(name, scale, epochs=1), device=device, progress=False)
         out[f"train_images_per_second_{name}"] = metrics["train_images_per_second"]
 
-    path = Path(__file__).parent / "results" / f"harness_{device.type}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out, indent=2))
-    print(json.dumps({k: v for k, v in out.items() if k != "provenance"}, indent=2))
-    return out
+    return save_results(out, "harness", device)
 
 
 if __name__ == "__main__":

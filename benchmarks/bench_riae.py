@@ -11,12 +11,10 @@ Random weights: speed does not depend on them. Results go to benchmarks/results/
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
 import torch
 
-from benchmarks.bench_harness import _timed
+from benchmarks.bench_harness import _timed, save_results
 from lib.core.provenance import provenance
 from lib.core.settings import resolve_device, seed_everything
 from lib.defenses import impure
@@ -54,11 +52,7 @@ def main(argv=None) -> dict:
         out[f"{name}_gradient_images_per_second"] = args.n / _timed(backward, repeats=2)
     out["gradient_speedup"] = out["purify_gradient_images_per_second"] / out["full_decoder_gradient_images_per_second"]
 
-    path = Path(__file__).parent / "results" / f"riae_{device.type}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out, indent=2))
-    print(json.dumps({k: v for k, v in out.items() if k != "provenance"}, indent=2))
-    return out
+    return save_results(out, "riae", device)
 
 
 if __name__ == "__main__":
