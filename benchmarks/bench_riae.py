@@ -4,8 +4,9 @@
 
 Measures images/second of one forward and one forward + backward (the gradient an adaptive attack takes) for
 - `purify`: the last decoder block on each pass's masked patches alone (what `RIAE.forward` runs);
-- the full decoder: `reconstruct_subsets` (every position of every pass) gathered at each patch's own subset,
-  the computation `purify` replaces; both give the same image up to float rounding (tests/test_impure.py).
+- the full decoder: `RIAE.purify_full_decoder` (every position of every pass decoded, then each patch from its
+  own subset's pass), the computation `purify` replaces; both give the same image up to float rounding
+  (tests/test_impure.py).
 Random weights: speed does not depend on them. Results go to benchmarks/results/riae_<device>.json.
 """
 from __future__ import annotations
@@ -32,10 +33,7 @@ def main(argv=None) -> dict:
     x = torch.rand(args.n, 3, 32, 32, device=device)
 
     def full_decoder(images):
-        ids = riae.division(images)
-        patches = riae.reconstruct_subsets(images, ids)
-        own = patches.gather(1, ids[:, None, :, None].expand(-1, 1, -1, patches.shape[-1])).squeeze(1)
-        return riae.unpatchify(own).clamp(0, 1)
+        return riae.purify_full_decoder(images, riae.division(images)).clamp(0, 1)
 
     out = {"provenance": provenance(device), "device": str(device), "n": args.n,
            "riae": {k: getattr(settings, k) for k in ("patch_size", "dim", "depth", "heads", "decoder_dim",

@@ -9,7 +9,7 @@ adversarial perturbation of a patch never reaches that patch's reconstruction (S
 |---|---|
 | patch / position embedding, ViT blocks, mask token (MAE) | `lib.defenses.mae.MaskedAutoencoder` (shared with DIR) |
 | S subsets: random in training, the released code's fixed 2×2-periodic pattern at test | `random_subsets`, `periodic_subsets` |
-| RIAE (Fig. 4): encode each subset alone, decode each from the others | `RIAE.encode_subsets`, `RIAE.reconstruct_subsets`, `RIAE.purify` |
+| RIAE (Fig. 4): encode each subset alone, decode each from the others | `RIAE.encode_subsets`, `RIAE.decoder_passes`, `RIAE.reconstruct_subsets`, `RIAE.purify` |
 | information masking (Fig. 5, 7): image occlusion, image noise, feature noise, image + feature noise | `RIAE.masking` |
 | RCM, Eq. 10: x′ = x̂ ⊙ u + x_adv ⊙ (1 − u), u patch-aligned | `rcm_mask`, `combine` |
 | Eqs. 12-15: L1 pixel + λ-weighted L1 perceptual loss on feature maps and pre-softmax outputs | `impure_loss`, `IMPureTrainer` |
@@ -179,27 +179,32 @@ class RIAE(MaskedAutoencoder):
             features = features + self._noise_like(features)
         return features.view(n, s, length // s, -1), index.view(n, s, -1)
 
-    def _others(self, device) -> torch.Tensor:
-        """(S, S − 1): for each masked subset j, the subsets the decoder sees."""
-        s = self.subsets
-        return torch.tensor([[k for k in range(s) if k != j] for j in range(s)], device=device)
+    def decoder_passes(self, x: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The S decoder passes of every image, pass j of image i at row i·S + j: the other subsets' features
+        (N·S, (S−1)·L/S, D'), their positions (N·S, (S−1)·L/S), and every subset's positions (N, S, L/S)."""
+        features, index = self.encode_subsets(x, ids)
+        n, s, v, _ = features.shape
+        others = torch.tensor([[k for k in range(s) if k != j] for j in range(s)], device=x.device)  # (S, S−1)
+        return features[:, others].reshape(n * s, (s - 1) * v, -1), index[:, others].reshape(n * s, -1), index
 
     def reconstruct_subsets(self, x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """(N, S, L, p²·C) pixel patches: row s is the decoder's output at every position when subset s is
         masked and the others are visible (Fig. 4 in full; `purify` computes only the patches it keeps)."""
-        features, index = self.encode_subsets(x, ids)
-        (n, s, v, _), others = features.shape, self._others(x.device)
-        seq = features[:, others].reshape(n * s, (s - 1) * v, -1)
-        visible = index[:, others].reshape(n * s, -1)
-        return self.decode(seq, visible).view(n, s, self.n_patches, -1)
+        seq, visible, _ = self.decoder_passes(x, ids)
+        return self.decode(seq, visible).view(len(x), self.subsets, self.n_patches, -1)
+
+    def purify_full_decoder(self, x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """`purify` the slow way, as Fig. 4 draws it: `reconstruct_subsets`, then each patch from its own
+        subset's pass (the reference the tests and benchmarks/bench_riae.py hold `purify` against)."""
+        patches = self.reconstruct_subsets(x, ids)  # (N, S, L, P)
+        own = patches.gather(1, ids[:, None, :, None].expand(-1, 1, -1, patches.shape[-1])).squeeze(1)
+        return self.unpatchify(own)
 
     def purify(self, x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """The purified image, unclamped: each patch from the decoder pass that masked its own subset
-        (`reconstruct_subsets` gathered at each patch's own subset, computed for those patches alone)."""
-        features, index = self.encode_subsets(x, ids)
-        (n, s, v, _), others = features.shape, self._others(x.device)
-        seq = features[:, others].reshape(n * s, (s - 1) * v, -1)
-        visible = index[:, others].reshape(n * s, -1)
+        (`purify_full_decoder`'s image, with the decoder's last block computed for those patches alone)."""
+        seq, visible, index = self.decoder_passes(x, ids)
+        n, s, v = index.shape
         own = self.decode_masked(seq, visible, index.reshape(n * s, v))  # (N·S, L/S, P): subset j's own patches
         # back from subset order to patch order: position index[i, j, t] holds own[i, j, t]
         inverse = index.reshape(n, -1).argsort(1)
