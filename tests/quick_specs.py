@@ -7,7 +7,8 @@ cache and retrains the model, so it must be deliberate. The file was written bef
 packages (which changed none), and rewritten when quick moved to a width-8 target and ε warm-up for PGD-AT
 (`python tests/quick_specs.py > tests/data/quick_spec_hashes.json`; say why in the commit), and extended
 (entries added, none changed) when the idfr and the impure notebooks' quick runs were first kept, and for the rdp
-notebook's models before its first kept run.
+notebook's models before its first kept run, and for the leaderboard's (every registered defense against the
+natural and the PGD-AT target) before its first.
 `quick_run_specs(dry=False)` trains them for real (into $PURIFY_CACHE), in the order the notebooks need them.
 """
 from __future__ import annotations
@@ -38,6 +39,7 @@ def quick_run_specs(dry: bool = True, log=None, scale: str = SCALE) -> dict[str,
     from lib.defenses.impure_setup import get_impure
     from lib.defenses.rdp import DROPPABLE
     from lib.defenses.rdp_setup import get_rdp
+    from lib.defenses.registry import DEFENSES, get_defense
     from lib.defenses.superres_setup import get_superres
     from lib.models.zoo import get_classifier
 
@@ -98,6 +100,10 @@ def quick_run_specs(dry: bool = True, log=None, scale: str = SCALE) -> dict[str,
         get_rdp(DATASET, scale, SEED, **args)
         for dropped in DROPPABLE:
             get_rdp(DATASET, scale, SEED, drop=(dropped,), **args)
+        # leaderboard: every registered defense in front of its two default targets (most are the specs above)
+        for r in ("natural", "pgd_at"):
+            for name in DEFENSES:
+                get_defense(name, DATASET, scale, SEED, target=clf[r][0], target_record=clf[r][1], **args)
     return found
 
 

@@ -7,10 +7,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from lib.run.ledger import (CLAIM_FILES, COLUMNS, VERDICTS, claims_ledger, count_verdict, ledger_counts,
-                            ledger_markdown, table_ledger)
+from lib.run.ledger import (CLAIM_FILES, COLUMNS, VERDICTS, claims_ledger, count_verdict, counts_markdown,
+                            ledger_counts, ledger_markdown, table_ledger)
 
-QUICK = Path(__file__).resolve().parents[1] / "papermill_runs" / "quick" / "results"
+REPO = Path(__file__).resolve().parents[1]
+QUICK = REPO / "papermill_runs" / "quick" / "results"
 CLAIM_STEMS = ("claims", "summary", "trends", "degradation")
 
 
@@ -207,3 +208,13 @@ def test_an_unknown_scale_or_folder_is_named(tmp_path):
         claims_ledger("quick", results_root=tmp_path / "nowhere")
     with pytest.raises(ValueError, match="tour"):
         claims_ledger("quick", results_root=tmp_path, only=["tour"])
+
+
+def test_the_readme_shows_the_current_verdict_counts():
+    readme = (REPO / "README.md").read_text()
+    block = readme.split("<!-- ledger-counts -->\n")[1].split("\n<!-- /ledger-counts -->")[0]
+    expected = counts_markdown(claims_ledger("quick"))
+    assert block == expected, ("README.md's verdict counts are not the kept quick runs' ones: replace the block "
+                               "between <!-- ledger-counts --> markers with the output of `python -c \"from "
+                               "lib.run.ledger import *; print(counts_markdown(claims_ledger('quick')))\"`.\n"
+                               + expected)

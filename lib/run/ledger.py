@@ -255,8 +255,13 @@ def ledger_counts(ledger: pd.DataFrame) -> pd.DataFrame:
     return counts
 
 
+def counts_markdown(ledger: pd.DataFrame) -> str:
+    """`ledger_counts` as a Markdown table (the README's copy is checked against it by tests/test_ledger.py)."""
+    return ledger_counts(ledger).reset_index().to_markdown(index=False)
+
+
 def ledger_markdown(ledger: pd.DataFrame) -> str:
     """The per-paper counts, then the whole ledger, as Markdown tables."""
     cells = ledger.astype(str).apply(lambda col: col.str.replace("|", "\\|", regex=False))  # a | would split a cell
-    return ("## Verdicts per paper\n\n" + ledger_counts(ledger).reset_index().to_markdown(index=False)
+    return ("## Verdicts per paper\n\n" + counts_markdown(ledger)
             + "\n\n## Claims\n\n" + cells.to_markdown(index=False) + "\n")
