@@ -121,3 +121,15 @@ def test_every_claimed_number_is_one_row_of_the_reference_data(name):
 def test_a_defense_without_a_claimed_number_shows_none():
     found = claimed("median")
     assert np.isnan(found["claimed (%)"]) and found["claimed setting"] == ""
+
+
+def test_autoattack_is_left_out_behind_a_purifier_slower_than_the_protocol_allows(shapes_model, tmp_path):
+    model, x, y = shapes_model
+    protocol = dataclasses.replace(PROTOCOL, autoattack_max_ms=1e-9)  # every real purifier is slower than this
+    board = Leaderboard(model, {"hash": "t"}, "natural", model, {"hash": "s"}, x, y, protocol, dataset="shapes10",
+                        cache=ResultCache(tmp_path))
+    d = get_defense("jpeg", "shapes10", "smoke", 0, device="cpu")
+    board.register("jpeg", d.record, display_name="JPEG", kind="transform")
+    board.add_shared({"jpeg": (d.purifier, model)})
+    cells = board.add("jpeg", d.purifier, model)
+    assert "autoattack" not in cells and board.table().loc[0, "autoattack"].startswith("— (purifier")

@@ -70,6 +70,7 @@ class Protocol:
     sanity_steps: int
     eot_curve: tuple[int, ...]
     step_size: float | None = None
+    autoattack_max_ms: float | None = None  # AutoAttack only behind a purifier at most this slow (ms/image); None: all
 
     @property
     def pgd_step(self) -> float:
@@ -80,11 +81,13 @@ PROTOCOLS = {
     # smoke proves every path runs; its numbers mean nothing
     "smoke": Protocol(n_eval=16, eps=8 / 255, steps=3, eot_samples=2, defense_runs=2, n_autoattack=2,
                       n_autoattack_rand=0, n_sanity=8, sanity_steps=2, eot_curve=(1, 2, 4)),
-    # quick: ±10 points at 100 images. EOT 4, checked against 8 by the sanity curve: TVM and pixel deflection cost
-    # about 60 ms an image on 2 cores, so each EOT draw costs them minutes; AutoAttack-rand (2 × 100 steps × 20
-    # draws) does not fit on 2 cores at all
+    # quick: ±10 points at 100 images. EOT 4, checked against 8 by the sanity curve: TVM costs 12 ms an image on 2
+    # cores, so each EOT draw costs it minutes. AutoAttack's APGD-T (9 × 100 steps) and Square (5000 queries)
+    # multiply the purifier's cost: behind SOAP (11 ms an image) it ran over 7 minutes on 32 images without ending,
+    # so at quick it runs behind purifiers of at most 5 ms an image; AutoAttack-rand (2 × 100 steps × 20 draws)
+    # does not fit on 2 cores at all
     "quick": Protocol(n_eval=100, eps=8 / 255, steps=20, eot_samples=4, defense_runs=3, n_autoattack=32,
-                      n_autoattack_rand=0, n_sanity=32, sanity_steps=5, eot_curve=(1, 4, 8)),
+                      n_autoattack_rand=0, n_sanity=32, sanity_steps=5, eot_curve=(1, 4, 8), autoattack_max_ms=5.0),
     "paper": Protocol(n_eval=1000, eps=8 / 255, steps=100, eot_samples=20, defense_runs=5, n_autoattack=1000,
                       n_autoattack_rand=500, n_sanity=500, sanity_steps=20, eot_curve=(1, 10, 20, 40)),
 }
@@ -102,8 +105,9 @@ def protocol_text(p: Protocol) -> str:
         f"- adaptive: white-box through a differentiable defense, BPDA otherwise; random defenses with EOT over "
         f"{p.eot_samples} draws per gradient and scored as the worst case over {p.defense_runs} runs (the mean and "
         "the majority vote are kept too).",
-        "- AutoAttack: " + (f"standard version on {p.n_autoattack} images (deterministic defenses)" if p.n_autoattack
-                            else "standard version not run at this scale") + "; " +
+        "- AutoAttack: " + (f"standard version on {p.n_autoattack} images (deterministic defenses"
+                            + (f" whose purifier takes at most {p.autoattack_max_ms:g} ms an image" if p.autoattack_max_ms
+                               else "") + ")" if p.n_autoattack else "standard version not run at this scale") + "; " +
         (f"rand version on {p.n_autoattack_rand} images (random defenses)." if p.n_autoattack_rand
          else "rand version not run at this scale (random defenses show —)."),
         f"- sanity checks on {p.n_sanity} images, {p.sanity_steps} steps, EOT curve {'/'.join(map(str, p.eot_curve))}.",
@@ -179,6 +183,7 @@ class Leaderboard:
         self.target_name, self.surrogate_name, self.dataset, self.seed = target_name, surrogate_name, dataset, seed
         self.cache = cache or ResultCache()
         self.cells: dict[str, dict] = {}  # defense name -> {cell: row}
+        self.skipped: dict[str, str] = {}  # defense name -> why its AutoAttack cell was not run
         self.info: dict[str, dict] = {}  # defense name -> display name, kind, citation, defense key
         self.hits = self.computed = 0
         self.seconds: dict[str, float] = {}  # defense name -> wall time spent on its cells in this run
@@ -246,7 +251,7 @@ class Leaderboard:
             purify_batched(purifier, x, seed=self.seed)
             return {**row, "purify_ms": 1000 * (time.perf_counter() - begin) / len(y)}
 
-        self._cell(name, "clean", self._attack("none", defense_runs=runs), "none", len(y), clean)
+        ms = self._cell(name, "clean", self._attack("none", defense_runs=runs), "none", len(y), clean)["purify_ms"]
         threat_model = default_threat_model(purifier)
         eot = p.eot_samples if random else 1
         self._cell(name, "adaptive", self._attack("pgd", eot_samples=eot, defense_runs=runs), threat_model, len(y),
@@ -254,7 +259,11 @@ class Leaderboard:
                                     steps=p.steps, step_size=p.pgd_step, eot_samples=eot, defense_runs=runs,
                                     **self._tag(name)))
         n_aa = p.n_autoattack_rand if random else p.n_autoattack
-        if n_aa:
+        if n_aa and p.autoattack_max_ms is not None and ms > p.autoattack_max_ms:
+            self.skipped[name] = f"purifier {ms:.1f} ms/image > {p.autoattack_max_ms:g} at this scale"
+        elif not n_aa:
+            self.skipped[name] = "not run at this scale" + (" (rand version)" if random else "")
+        if n_aa and name not in self.skipped:
             version = "autoattack_rand" if random else "autoattack"
             base = threat_model.replace("+eot", "")  # the rand version does its own EOT
             self._cell(name, "autoattack", self._attack(version, defense_runs=runs), base, n_aa,
@@ -283,8 +292,8 @@ class Leaderboard:
     def table(self) -> pd.DataFrame:
         """One row per defense, ranked: accuracies in % with their 95% intervals, the sanity verdict, gap, cost,
         and the claimed number."""
-        rows = [board_row(name, self.info[name], cells, self.n_classes, self.target_name, self.surrogate_name)
-                for name, cells in self.cells.items()]
+        rows = [board_row(name, self.info[name], cells, self.n_classes, self.target_name, self.surrogate_name,
+                          self.skipped.get(name, "")) for name, cells in self.cells.items()]
         return rank(pd.DataFrame(rows))
 
 
@@ -292,7 +301,8 @@ def _pct(row: dict | None, key: str = "accuracy") -> float:
     return float("nan") if row is None else 100 * float(row[key])
 
 
-def board_row(name: str, info: dict, cells: dict, n_classes: int, target_name: str, surrogate_name: str) -> dict:
+def board_row(name: str, info: dict, cells: dict, n_classes: int, target_name: str, surrogate_name: str,
+              autoattack_skipped: str = "") -> dict:
     """The board's row of one defense from its cells (see `Leaderboard.table`)."""
     missing = [c for c in ("clean", "oblivious", "transfer", "adaptive", "sanity") if c not in cells]
     if missing:
@@ -309,7 +319,7 @@ def board_row(name: str, info: dict, cells: dict, n_classes: int, target_name: s
             row[f"{cell}"] = accuracy_with_interval(cells[cell])
             row[f"{cell} ci"] = [100 * cells[cell]["ci_low"], 100 * cells[cell]["ci_high"]]
         else:
-            row[cell], row[f"{cell} ci"] = "—", [float("nan"), float("nan")]
+            row[cell], row[f"{cell} ci"] = "—" + (f" ({autoattack_skipped})" if autoattack_skipped else ""), [float("nan")] * 2
     row.update({
         "adaptive mean run (%)": _pct(adaptive, "accuracy_mean_run"),
         "adaptive majority (%)": _pct(adaptive, "accuracy_majority"),
