@@ -65,3 +65,16 @@ def test_corrupt_or_mismatched_entries_are_errors_and_are_left_in_place(tmp_path
     cache.path(other).rename(path)  # another cell's entry under this cell's name
     with pytest.raises(ResultCacheError, match="another cell"):
         cache.get(key)
+
+
+def test_forget_drops_one_defense_and_keeps_the_others(tmp_path):
+    cache = ResultCache(tmp_path)
+    jpeg, tvm = result_key(**BASE), result_key(**{**BASE, "defense": {"name": "tvm"}})
+    cache.put(jpeg, row()), cache.put(tvm, row())
+    assert cache.forget("jpeg") == [cache.path(jpeg)]
+    assert cache.get(jpeg) is None and cache.get(tvm) is not None
+    assert cache.forget("jpeg") == []
+    cache.path(jpeg).write_text("{not json")
+    with pytest.raises(ResultCacheError, match="corrupt"):
+        cache.forget("tvm")
+    assert cache.get(tvm) is not None  # nothing deleted before the error

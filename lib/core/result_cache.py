@@ -6,7 +6,8 @@ A cell is (defense, target, attack, threat model, images, seed): `result_key` bu
 - `attack`: the attack's settings (name, ε, steps, step size, EOT samples, defense runs, restarts, ...),
 - `threat_model`, the evaluated images and labels (a SHA-256 of their bytes, shape and dtype), `seed`,
 and `ResultCache.get_or_compute(key, compute)` returns the stored result row, or computes, stores and returns
-it. A leaderboard re-run after one defense is added evaluates only that defense's cells, and a paper notebook
+it. A leaderboard re-run after one defense is added evaluates only that defense's cells (`ResultCache().forget(name)`
+drops one defense's cells so that it alone is evaluated again), and a paper notebook
 that evaluates the same cell reuses it. Entries are JSON files `<root>/<hash>.json` ($PURIFY_RESULT_CACHE,
 default .cache/results), written to a temporary file and renamed. A file that cannot be read, or whose key
 is not the one asked for, is an error naming the file and the fix: never silently recomputed over.
@@ -24,6 +25,7 @@ from typing import Callable
 import torch
 
 from lib.core.cache import spec_hash
+from lib.core.dry_run import active_limit
 from lib.core.provenance import REPO
 
 FORMAT = 1
@@ -34,7 +36,10 @@ class ResultCacheError(RuntimeError):
 
 
 def default_root() -> Path:
-    return Path(os.environ.get("PURIFY_RESULT_CACHE", REPO / ".cache" / "results"))
+    """$PURIFY_RESULT_CACHE, else .cache/results (.cache/results-limit<L> under a dry-run cap)."""
+    limit = active_limit()
+    return Path(os.environ.get("PURIFY_RESULT_CACHE",
+                               REPO / ".cache" / ("results" + (f"-limit{limit}" if limit else ""))))
 
 
 def images_digest(x: torch.Tensor, y: torch.Tensor) -> str:
@@ -116,3 +121,21 @@ class ResultCache:
         row = compute()
         self.put(key, row)
         return row, False
+
+    def forget(self, defense: str) -> list[Path]:
+        """Delete every stored cell of the defense named `defense` (its key's defense "name"), so that the next
+        run evaluates that defense again and only it; returns the deleted files. A corrupt entry is an error,
+        as in `get` (it cannot be told apart from one of this defense's)."""
+        matching = []  # read every entry first, so that a corrupt one stops the call before anything is deleted
+        for path in sorted(self.root.glob("*.json")) if self.root.is_dir() else []:
+            try:
+                entry = json.loads(path.read_text())
+                name = entry["key"]["defense"].get("name")
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
+                raise ResultCacheError(f"Cached result {path} is corrupt ({type(err).__name__}); delete it by hand "
+                                       "and run forget again.") from err
+            if name == defense:
+                matching.append(path)
+        for path in matching:
+            path.unlink()
+        return matching
