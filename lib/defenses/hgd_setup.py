@@ -6,6 +6,8 @@
   `resnet_small`, the two sources and the hold-out are narrower `resnet_small`s (width `source_width`, fewer
   images and epochs, other seeds: attack sources only need to be accurate and different, and three more
   full-size classifiers would take most of a notebook's budget), and the baseline is the zoo's PGD-AT model.
+  At `paper` on a dataset other than an ImageNet folder (DIR's Table 1 and the leaderboard on CIFAR-10) the
+  roles are filled the same way, with the paper scale's classifier (ResNet-18) and the settings' source fields.
 - `training_set` / `test_sets`: the TrainSet and the TestSets of Table 1 (lib.attacks.attack_sets) on
   class-balanced images; `get_hgd(objective, ...)` trains a denoiser through the model cache.
 - Paper scale: ResNet-50 v1 (torchvision) stands in for ResNet-50 v2, and the adversarially trained baseline
@@ -122,9 +124,10 @@ def hgd_classifiers(dataset: str = "shapes10", scale: str | Scale = "quick", see
 
     scale = get_scale(scale)
     device = resolve_device(device)
-    if scale.name == "paper":
+    if scale.name == "paper" and is_folder(dataset):  # ImageNet: the paper's own pretrained models
         check_paper_requirements(data_root, dataset)
         return {role: pretrained_classifier(role, device) for role in roles}
+    # other data (CIFAR-10 for DIR's Table 1 and the leaderboard at paper scale): classifiers trained on it
     settings = hgd_settings(scale)
     small = source_scale(scale, settings)
     out = {}
