@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 SCALE ?= quick
 
-.PHONY: install test test-quick reproduce smoke lab bench clean-outputs
+.PHONY: install test test-quick test-paper reproduce smoke lab bench clean-outputs
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,9 @@ test: install  ## unit tests + every notebook under nbval at smoke scale
 
 test-quick: install  ## the quick-scale trend checks (minutes)
 	PURIFY_QUICK_TESTS=1 $(PY) -m pytest -m quick tests
+
+test-paper: install  ## every notebook at paper scale under the dry-run cap, on test-written CIFAR/SVHN files (~45 min)
+	PURIFY_DRY_RUN_TESTS=1 $(PY) -m pytest tests/test_paper_dry_run.py
 
 reproduce: install  ## every notebook at quick scale (SCALE=paper on a GPU)
 	$(PY) -m lib.run.reproduce --scale $(SCALE)

@@ -21,12 +21,17 @@ def shapes_model():
 
 
 def pytest_collection_modifyitems(config, items):
-    """`@pytest.mark.quick` tests (quick-scale results from the model cache) run only with PURIFY_QUICK_TESTS=1."""
+    """`@pytest.mark.quick` tests (quick-scale results from the model cache) run only with PURIFY_QUICK_TESTS=1;
+    `@pytest.mark.paper_dry_run` tests (every notebook at paper scale under the dry-run cap, about 45 minutes on
+    2 cores) only with PURIFY_DRY_RUN_TESTS=1."""
     import os
 
-    if os.environ.get("PURIFY_QUICK_TESTS") == "1":
-        return
-    skip = pytest.mark.skip(reason="quick-scale check: set PURIFY_QUICK_TESTS=1 (make test-quick)")
-    for item in items:
-        if item.get_closest_marker("quick") is not None:
-            item.add_marker(skip)
+    gates = {"quick": ("PURIFY_QUICK_TESTS", "quick-scale check: set PURIFY_QUICK_TESTS=1 (make test-quick)"),
+             "paper_dry_run": ("PURIFY_DRY_RUN_TESTS", "paper dry run: set PURIFY_DRY_RUN_TESTS=1 (make test-paper)")}
+    for marker, (variable, reason) in gates.items():
+        if os.environ.get(variable) == "1":
+            continue
+        skip = pytest.mark.skip(reason=reason)
+        for item in items:
+            if item.get_closest_marker(marker) is not None:
+                item.add_marker(skip)

@@ -274,3 +274,16 @@ def test_jobs_get_one_gpu_each_and_never_more_jobs_than_gpus(repo, capsys, monke
     assert "2 visible GPU(s)" in capsys.readouterr().err
     assert main(["--scale", "smoke", "--only", *names, *KERNEL, "--jobs", "2"]) == 0
     assert sorted(_times(repo, n)[2] for n in names) == ["3", "5"]
+
+
+def test_a_limited_run_is_a_dry_run_kept_apart_from_real_runs(repo, capsys, monkeypatch):
+    """--limit L sets $PURIFY_LIMIT for the notebooks and writes to papermill_runs/<scale>-limit<L>/."""
+    monkeypatch.delenv("PURIFY_LIMIT", raising=False)
+    assert main(["--scale", "smoke", "--only", "tiny", *KERNEL]) == 0
+    real = (repo / "papermill_runs" / "smoke" / "results" / "tiny" / "values.csv").read_bytes()
+    monkeypatch.setenv("TINY_MARK", "-capped")
+    assert main(["--scale", "smoke", "--only", "tiny", "--limit", "2", *KERNEL]) == 0
+    assert "papermill_runs/smoke-limit2/tiny.ipynb" in capsys.readouterr().out
+    assert (repo / "figures" / "smoke-limit2" / "tiny" / "marker.txt").read_text() == "1-capped"
+    assert (repo / "papermill_runs" / "smoke" / "results" / "tiny" / "values.csv").read_bytes() == real
+    assert (repo / "figures" / "smoke" / "tiny" / "marker.txt").read_text() == "1"

@@ -22,6 +22,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from lib.core.dry_run import cap_steps
+
 KEEP = ("last", "first_success")
 
 
@@ -49,6 +51,7 @@ def pgd_linf(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y, 
     """L∞ PGD on `model` (any callable image → output) from x; see the module docstring for each option."""
     if keep not in KEEP:
         raise ValueError(f"keep={keep!r}: use one of {KEEP}.")
+    steps = cap_steps(steps)  # a dry run (lib.core.dry_run) runs every path with few steps
     x = x.detach()
     if start is not None:
         adv = start.detach().clone()

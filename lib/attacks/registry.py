@@ -53,6 +53,7 @@ from torchattacks.attack import Attack
 
 from lib.attacks.feature_distortion import FeatureDistortion
 from lib.attacks.pgd import default_step_size, pgd_linf
+from lib.core.dry_run import MAX_DRAWS, active_limit, cap_queries, cap_steps
 from lib.core.settings import check_count, check_eps, check_images, check_labels, check_radius
 
 L2_ATTACKS = ("pgd_l2", "cw", "deepfool")
@@ -110,18 +111,21 @@ class SequentialWorstCase(Attack):
 
 
 def _autoattack(model, eps, n_classes, seed, checks, version):
+    # the protocol's fixed iterations; a dry run (lib.core.dry_run) caps them like every other attack's
+    steps, queries = cap_steps(100), cap_queries(5000)
+    draws = min(20, MAX_DRAWS) if active_limit() else 20
     if version == "standard":
         parts = [
-            torchattacks.APGD(model, eps=eps, steps=100, n_restarts=1, loss="ce", seed=seed),
-            torchattacks.APGDT(model, eps=eps, steps=100, n_restarts=1, n_classes=n_classes, seed=seed),
-            torchattacks.FAB(model, eps=eps, steps=100, n_restarts=1, multi_targeted=True, n_classes=n_classes,
+            torchattacks.APGD(model, eps=eps, steps=steps, n_restarts=1, loss="ce", seed=seed),
+            torchattacks.APGDT(model, eps=eps, steps=steps, n_restarts=1, n_classes=n_classes, seed=seed),
+            torchattacks.FAB(model, eps=eps, steps=steps, n_restarts=1, multi_targeted=True, n_classes=n_classes,
                              seed=seed),
-            torchattacks.Square(model, eps=eps, n_queries=5000, n_restarts=1, seed=seed),
+            torchattacks.Square(model, eps=eps, n_queries=queries, n_restarts=1, seed=seed),
         ]
     else:  # "rand": for randomised defenses, EOT over 20 draws inside APGD
         parts = [
-            torchattacks.APGD(model, eps=eps, steps=100, n_restarts=1, loss="ce", eot_iter=20, seed=seed),
-            torchattacks.APGD(model, eps=eps, steps=100, n_restarts=1, loss="dlr", eot_iter=20, seed=seed),
+            torchattacks.APGD(model, eps=eps, steps=steps, n_restarts=1, loss="ce", eot_iter=draws, seed=seed),
+            torchattacks.APGD(model, eps=eps, steps=steps, n_restarts=1, loss="dlr", eot_iter=draws, seed=seed),
         ]
     return SequentialWorstCase(model, parts, checks=checks)
 
@@ -243,6 +247,7 @@ def build_attack(name: str, model: nn.Module, eps: float = 8 / 255, steps: int =
                              "(lib.attacks.registry.supports) or use pgd / apgd_ce.")
     if target not in (None, "random", "least_likely"):
         raise ValueError(f"Unknown target mode {target!r}: use None, 'random' or 'least_likely'.")
+    steps = cap_steps(steps)  # a dry run (lib.core.dry_run) runs every path with few steps
     step_size = default_step_size(eps, steps) if step_size is None else step_size
     attack = _BUILDERS[name](model, eps, steps, step_size, n_classes or 10, seed, checks)
     if name in ("cw", "deepfool"):

@@ -16,6 +16,8 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
+from lib.core.dry_run import active_limit, limit_scale, limit_settings
+
 
 @dataclass(frozen=True)
 class Scale:
@@ -39,6 +41,12 @@ class Scale:
     attack_steps: int  # PGD/BIM iterations for evaluation (the papers' PGD-20)
     eot_samples: int  # draws of a random defense's randomness per gradient
     defense_runs: int  # independent runs of a random defense at evaluation (worst case / vote)
+    limit: int | None = None  # a dry run's cap in batches (lib.core.dry_run); None for a real run
+
+    @property
+    def folder(self) -> str:
+        """The output folder name: the scale's, or `<name>-limit<L>` for a capped dry run."""
+        return f"{self.name}-limit{self.limit}" if self.limit else self.name
 
 
 SCALES: dict[str, Scale] = {
@@ -67,12 +75,13 @@ SCALES: dict[str, Scale] = {
 
 
 def get_scale(name: str | Scale) -> Scale:
-    """The frozen settings of a scale, by name."""
+    """The frozen settings of a scale, by name; capped when a dry-run limit is in force (lib.core.dry_run)."""
     if isinstance(name, Scale):
         return name
     if name not in SCALES:
         raise ValueError(f"Unknown scale {name!r}: choose one of {sorted(SCALES)}.")
-    return SCALES[name]
+    limit = active_limit()
+    return limit_scale(SCALES[name], limit) if limit else SCALES[name]
 
 
 def scale_settings(table: Mapping[str, Any], scale: str | Scale, method: str):
@@ -80,7 +89,8 @@ def scale_settings(table: Mapping[str, Any], scale: str | Scale, method: str):
     name = scale.name if isinstance(scale, Scale) else scale
     if name not in table:
         raise ValueError(f"Unknown scale {name!r} for {method}: choose one of {sorted(table)}.")
-    return table[name]
+    limit = active_limit()
+    return limit_settings(table[name], limit) if limit else table[name]
 
 
 def resolve_scale(name: str | None) -> Scale:

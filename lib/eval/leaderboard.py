@@ -42,6 +42,7 @@ import torch
 from torch import nn
 
 from lib.attacks.pgd import default_step_size
+from lib.core.dry_run import MAX_DRAWS, MAX_STEPS
 from lib.core.purifiers import Identity, is_randomized, purify_batched
 from lib.core.reference import paper_numbers
 from lib.core.result_cache import ResultCache, result_key
@@ -94,7 +95,18 @@ PROTOCOLS = {
 
 
 def board_protocol(scale: str | Scale) -> Protocol:
-    return PROTOCOLS[get_scale(scale).name]
+    """The scale's protocol; under a dry-run limit (lib.core.dry_run) every count is capped."""
+    scale = get_scale(scale)
+    protocol = PROTOCOLS[scale.name]
+    if not scale.limit:
+        return protocol
+    images = scale.n_eval
+    return dataclasses.replace(
+        protocol, n_eval=min(protocol.n_eval, images), steps=min(protocol.steps, MAX_STEPS),
+        eot_samples=min(protocol.eot_samples, MAX_DRAWS), defense_runs=min(protocol.defense_runs, MAX_DRAWS),
+        n_autoattack=min(protocol.n_autoattack, images), n_autoattack_rand=min(protocol.n_autoattack_rand, images),
+        n_sanity=min(protocol.n_sanity, images), sanity_steps=min(protocol.sanity_steps, MAX_STEPS),
+        eot_curve=tuple(sorted({min(k, MAX_DRAWS) for k in protocol.eot_curve})))
 
 
 def protocol_text(p: Protocol) -> str:

@@ -63,7 +63,9 @@ class Run:
 
     def header(self) -> str:
         p = self.provenance
-        return (f"{self.notebook} · scale={self.scale.name} · seed={self.seed} · device={self.device} · "
+        capped = (f" · DRY RUN capped at {self.scale.limit} batches (lib.core.dry_run): the numbers mean nothing"
+                  if self.scale.limit else "")
+        return (f"{self.notebook} · scale={self.scale.name}{capped} · seed={self.seed} · device={self.device} · "
                 f"{p.get('hardware')} · torch {p.get('torch')} · git {p.get('git')} · {p.get('time')}")
 
 
@@ -78,7 +80,7 @@ def start_run(notebook: str, params: Mapping[str, Any], defaults: Mapping[str, A
     seed = int(params.get("seed", 0))
     device = resolve_device(params.get("device", "auto"))
     seed_everything(seed)
-    run = Run(notebook, scale, seed, device, dict(params), figures_dir(scale.name, notebook),
-              results_dir(scale.name, notebook), provenance(device))
+    run = Run(notebook, scale, seed, device, dict(params), figures_dir(scale.folder, notebook),
+              results_dir(scale.folder, notebook), provenance(device))
     print(run.header())
     return run

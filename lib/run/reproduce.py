@@ -30,6 +30,10 @@ At `quick` the driver checks the budget of ../shared/DESIGN.md on 2 CPU cores: 6
 counted cold when it trained (saved) a model into the cache ($PURIFY_CACHE); the summary prints each notebook's
 time, how many models it trained, and flags every notebook (and the total) over its budget.
 
+`--limit L` is a dry run (lib.core.dry_run): every code path of the scale with L batches of data, one epoch and
+few attack steps, into papermill_runs/<scale>-limit<L>/ and its own model cache; `--scale paper --limit 2` proves
+the paper path runs without the hours it takes.
+
 `--jobs N` and `--launcher slurm|local` run notebooks concurrently (lib.run.launch); the outputs land in the
 same layout, and the summary's total is the sum of the notebooks' times, not the wall time.
 """
@@ -47,6 +51,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from lib.core.cache import default_root as default_cache_root
+from lib.core.dry_run import LIMIT_ENV, folder_name
 from lib.core.provenance import REPO
 from lib.core.settings import SCALES
 
@@ -223,13 +228,14 @@ def run_notebook(name: str, scale: str, parameters: dict, kernel: str | None = N
     except (TypeError, ValueError, FileNotFoundError) as err:
         return NotebookRun(False, 0.0, str(err), None, None)
 
-    runs = REPO / "papermill_runs" / scale
+    folder = folder_name(scale)  # `<scale>-limit<L>` for a dry run, never mixed with real runs
+    runs = REPO / "papermill_runs" / folder
     tag = run_tag(name, parameters, known)
     if tag == name:  # the default run
-        final_nb, final_results, final_figures = runs / f"{name}.ipynb", runs / "results" / name, REPO / "figures" / scale / name
+        final_nb, final_results, final_figures = runs / f"{name}.ipynb", runs / "results" / name, REPO / "figures" / folder / name
     else:  # an experiment: kept apart, never replacing the default run
         final_nb = runs / "runs" / tag / f"{name}.ipynb"
-        final_results, final_figures = runs / "runs" / tag / "results", REPO / "figures" / scale / "runs" / tag
+        final_results, final_figures = runs / "runs" / tag / "results", REPO / "figures" / folder / "runs" / tag
     failed_nb = runs / "failed" / f"{tag}.ipynb"
     staging = runs / ".staging" / tag
     shutil.rmtree(staging, ignore_errors=True)
@@ -287,6 +293,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"),
                         help="notebook parameter, e.g. -p seed 1 (repeatable)")
     parser.add_argument("--kernel", default=None, help="Jupyter kernel name (default: the notebook's)")
+    parser.add_argument("--limit", type=int, default=None, metavar="L",
+                        help="dry run: every code path of the scale, capped at L batches, one epoch and few attack "
+                             "steps (lib.core.dry_run); outputs go to papermill_runs/<scale>-limit<L>/")
     parser.add_argument("--jobs", type=int, default=1, metavar="N",
                         help="notebooks run at once, each in its own process and on its own GPU when GPUs are visible")
     parser.add_argument("--launcher", choices=("slurm", "local"), default=None,
@@ -307,6 +316,23 @@ def main(argv: list[str] | None = None) -> int:
     parameters = {key: parse_value(value) for key, value in args.parameter}
     if "scale" in parameters:
         parser.error("set the scale with --scale, not -p scale")
+    if args.limit is not None:
+        if args.limit < 1:
+            parser.error(f"--limit {args.limit}: the cap is a number of batches, an int ≥ 1 (for example --limit 2)")
+        saved = os.environ.get(LIMIT_ENV)
+        os.environ[LIMIT_ENV] = str(args.limit)  # the kernels (and submitit jobs) inherit it
+        try:
+            return _execute(args, selected, parameters, parser)
+        finally:  # this process's environment as it was (main may be called from Python)
+            if saved is None:
+                os.environ.pop(LIMIT_ENV, None)
+            else:
+                os.environ[LIMIT_ENV] = saved
+    return _execute(args, selected, parameters, parser)
+
+
+def _execute(args, selected: list[str], parameters: dict, parser: argparse.ArgumentParser) -> int:
+    """Run the selected notebooks (sequentially, in parallel or as submitit jobs) and print the summary."""
 
     from lib.run.launch import notebook_job, run_parallel, run_submitit
 

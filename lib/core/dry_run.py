@@ -1,0 +1,97 @@
+"""The dry-run cap: a scale shrunk to a few batches so that every code path of its notebooks runs once.
+
+    python -m lib.run.reproduce --scale paper --limit 2        # sets PURIFY_LIMIT=2 for every notebook it runs
+    PURIFY_LIMIT=2 jupyter lab                                  # the same cap for an interactive session
+
+A limit L keeps everything that decides *which* code runs (architectures, widths, patch sizes, datasets and
+their on-disk formats, attacks, threat models, the method settings' choices) and caps only how much of it
+runs: L training batches of at most BATCH images for one epoch, L evaluation batches of EVAL_BATCH images, attacks and
+inner maximisations of at most MAX_STEPS steps (AutoAttack's too, and MAX_QUERIES for its Square), at most MAX_DRAWS
+EOT draws and defense runs. Numbers from a capped run mean nothing; it proves that the `paper` path constructs and runs.
+
+A capped run never mixes with real results: models go to `.cache/models-limit<L>` and results to
+`.cache/results-limit<L>` (unless $PURIFY_CACHE / $PURIFY_RESULT_CACHE say otherwise), and outputs to
+`papermill_runs/<scale>-limit<L>/` and `figures/<scale>-limit<L>/` (ignored by git).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+
+LIMIT_ENV = "PURIFY_LIMIT"
+BATCH = 32  # training batch size under a limit (at most; the batch size chooses no code path)
+EVAL_BATCH = 16  # images per evaluation batch under a limit (more than CIFAR-10 has classes: per-class analyses need it)
+MAX_STEPS = 2  # attack / inner-maximisation iterations under a limit
+MAX_DRAWS = 2  # EOT draws and runs of a random defense under a limit
+MAX_QUERIES = 10  # queries of a score-based attack (Square inside AutoAttack) under a limit
+
+# method-settings fields (lib.defenses.*.SETTINGS) that count training images and evaluation images
+_TRAIN_COUNTS = ("n_train", "source_n_train")
+_EVAL_COUNTS = ("n_test", "n_eval", "n_layerwise", "n_adaptive")
+
+
+def active_limit() -> int | None:
+    """The cap in force ($PURIFY_LIMIT), or None. A value that is not a positive int is an error naming the fix."""
+    text = os.environ.get(LIMIT_ENV, "").strip()
+    if not text:
+        return None
+    try:
+        limit = int(text)
+    except ValueError:
+        limit = 0
+    if limit < 1:
+        raise ValueError(f"${LIMIT_ENV}={text!r} is not a positive int; set it to the number of batches a dry run "
+                         f"keeps (for example {LIMIT_ENV}=2), or unset it for a full run.")
+    return limit
+
+
+def folder_name(scale_name: str, limit: int | None = None) -> str:
+    """The output folder of a scale: its name, or `<name>-limit<L>` for a capped run."""
+    limit = active_limit() if limit is None else limit
+    return f"{scale_name}-limit{limit}" if limit else scale_name
+
+
+def cap_steps(steps: int) -> int:
+    """Attack iterations under the active limit (unchanged without one)."""
+    return min(steps, MAX_STEPS) if active_limit() and isinstance(steps, int) and steps > 0 else steps
+
+
+def cap_queries(queries: int) -> int:
+    """A score-based attack's query budget under the active limit (unchanged without one)."""
+    return min(queries, MAX_QUERIES) if active_limit() else queries
+
+
+def limit_scale(scale, limit: int):
+    """A lib.core.settings.Scale capped to `limit` batches (same name, so every table keyed by it still applies)."""
+    batch = min(scale.batch_size, BATCH)
+    return dataclasses.replace(
+        scale, batch_size=batch, n_train=min(scale.n_train, limit * batch), n_test=min(scale.n_test, 2 * limit * EVAL_BATCH),
+        n_eval=min(scale.n_eval, limit * EVAL_BATCH), epochs=1, robust_epochs=1,
+        robust_steps=min(scale.robust_steps, MAX_STEPS), attack_steps=min(scale.attack_steps, MAX_STEPS),
+        eot_samples=min(scale.eot_samples, MAX_DRAWS), defense_runs=min(scale.defense_runs, MAX_DRAWS), limit=limit)
+
+
+def limit_settings(settings, limit: int):
+    """A method's settings dataclass capped: epochs to 1, image counts to `limit` batches, step counts to MAX_STEPS.
+
+    Only counts change; every field that chooses an architecture or an objective is kept.
+    """
+    if not dataclasses.is_dataclass(settings):
+        return settings
+    batch = min(getattr(settings, "batch_size", BATCH), BATCH)
+    changes = {"batch_size": batch} if hasattr(settings, "batch_size") else {}
+    for field in dataclasses.fields(settings):
+        value = getattr(settings, field.name)
+        if not isinstance(value, int) or isinstance(value, bool):
+            continue
+        if field.name == "batch_size":
+            continue
+        if field.name.endswith("epochs"):
+            changes[field.name] = min(value, 1)
+        elif field.name in _TRAIN_COUNTS:
+            changes[field.name] = min(value, limit * batch)
+        elif field.name in _EVAL_COUNTS:
+            changes[field.name] = min(value, limit * EVAL_BATCH)
+        elif field.name.endswith("steps") and value > MAX_STEPS:
+            changes[field.name] = MAX_STEPS
+    return dataclasses.replace(settings, **changes)
