@@ -18,7 +18,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Callable
 
@@ -27,6 +26,7 @@ import torch
 from lib.core.cache import spec_hash
 from lib.core.dry_run import active_limit
 from lib.core.provenance import REPO
+from lib.core.results import write_text_atomic
 
 FORMAT = 1
 
@@ -99,19 +99,9 @@ class ResultCache:
 
     def put(self, key: dict, row: dict) -> Path:
         """Store a row atomically (a temporary file in the same folder, then a rename)."""
-        path = self.path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
         entry = {"format": FORMAT, "key": key, "row": {k: _jsonable(v) for k, v in row.items()}}
-        text = json.dumps(entry, indent=1, sort_keys=True, default=str, allow_nan=False)
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w") as f:
-                f.write(text)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        return write_text_atomic(json.dumps(entry, indent=1, sort_keys=True, default=str, allow_nan=False),
+                                 self.path(key))
 
     def get_or_compute(self, key: dict, compute: Callable[[], dict]) -> tuple[dict, bool]:
         """(row, True) from the cache, or (compute(), False) after storing it."""

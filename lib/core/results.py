@@ -88,17 +88,28 @@ def rows_frame(rows: list[dict]) -> pd.DataFrame:
     return frame[list(COLUMNS) + extra] if rows else pd.DataFrame(columns=COLUMNS)
 
 
-def write_csv_atomic(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
-    """Write a CSV through a temporary file and a rename, so a crash never leaves half a table."""
+def _replace_atomically(path: str | os.PathLike, write) -> Path:
+    """Call write(temporary path) on a file beside `path`, then rename it over `path`: a crash never leaves half a
+    file under the final name."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     os.chmod(tmp, 0o644)  # mkstemp files are private; results are shared
     os.close(fd)
     try:
-        frame.to_csv(tmp, index=False)
+        write(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def write_csv_atomic(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
+    """Write a CSV through a temporary file and a rename, so a crash never leaves half a table."""
+    return _replace_atomically(path, lambda tmp: frame.to_csv(tmp, index=False))
+
+
+def write_text_atomic(text: str, path: str | os.PathLike) -> Path:
+    """Write a text file (JSON, Markdown) through a temporary file and a rename."""
+    return _replace_atomically(path, lambda tmp: Path(tmp).write_text(text))

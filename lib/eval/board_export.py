@@ -11,12 +11,11 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 
 import pandas as pd
 
-from lib.core.results import write_csv_atomic
+from lib.core.results import write_csv_atomic, write_text_atomic
 
 # JSON field -> board column
 FIELDS = {
@@ -42,18 +41,6 @@ def _plain(value):
     return value
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def board_markdown(board: pd.DataFrame) -> str:
     """The board as a Markdown table (accuracies with their 95% intervals)."""
     shown = board[[c for c in SHOWN if c in board.columns]].copy()
@@ -69,13 +56,13 @@ def export_board(board: pd.DataFrame, folder: str | os.PathLike, *, protocol: di
     folder = Path(folder)
     csv = write_csv_atomic(board.drop(columns=[c for c in board.columns if c.endswith(" ci")]), folder / "board.csv")
     md = folder / "board.md"
-    _write_atomic(md, (header + "\n\n" if header else "") + board_markdown(board) + "\n")
+    write_text_atomic((header + "\n\n" if header else "") + board_markdown(board) + "\n", md)
     for _, row in board.iterrows():
         info = {field: _plain(row[column]) for field, column in FIELDS.items() if column in row.index}
         info.update({"dataset": dataset, "threat_model": "Linf", "eps": protocol["eps"], "settings": protocol,
                      "code_version": code_version})
-        _write_atomic(folder / "json" / str(row["target"]) / f"{row['name']}.json",
-                      json.dumps(info, indent=1, sort_keys=True, allow_nan=False))
+        write_text_atomic(json.dumps(info, indent=1, sort_keys=True, allow_nan=False),
+                          folder / "json" / str(row["target"]) / f"{row['name']}.json")
     return {"csv": csv, "markdown": md, "json": folder / "json"}
 
 
