@@ -114,3 +114,12 @@ def test_a_capped_notebook_says_so_and_writes_to_its_own_folder(limit2, monkeypa
 def test_the_driver_rejects_a_limit_below_one(no_limit):
     with pytest.raises(SystemExit):
         reproduce.main(["--scale", "paper", "--limit", "0", "--only", "tour"])
+
+
+def test_a_notebook_default_n_eval_is_capped_but_an_explicit_one_is_still_checked(limit2):
+    from lib.eval.protocols import check_n_eval
+
+    capped = get_scale("paper")
+    assert check_n_eval(None, capped, 1000) == capped.n_eval
+    with pytest.raises(ValueError, match="n_eval=1000"):
+        check_n_eval(1000, capped)

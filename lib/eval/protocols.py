@@ -57,12 +57,15 @@ SETTINGS = ("clean", "oblivious", "transfer", "adaptive")
 def check_n_eval(n_eval: int | None, scale: Scale, default: int | None = None) -> int:
     """A notebook's `n_eval` parameter (test images attacked per defense), checked against the scale.
 
-    None → `default` (a notebook's own size for this scale), or the scale's n_eval when that is None too.
+    None → `default` (a notebook's own size for this scale), or the scale's n_eval when that is None too (under a
+    dry-run limit, at most the capped scale's n_eval).
     The images are the first n_eval of the scale's evaluation subset, so n_eval must be an int in
     [1, scale.n_eval]; anything else is a ValueError that says so.
     """
     if n_eval is None:
         n_eval = default or scale.n_eval
+        if scale.limit:  # a dry run (lib.core.dry_run): the notebook's own size is capped like the scale's
+            n_eval = min(n_eval, scale.n_eval)
     if isinstance(n_eval, bool) or not isinstance(n_eval, (int, np.integer)) or not 1 <= n_eval <= scale.n_eval:
         raise ValueError(f"n_eval={n_eval!r} must be an integer from 1 to the scale's n_eval ({scale.n_eval}): the "
                          "images are the first n_eval of the scale's evaluation subset.")
