@@ -22,7 +22,7 @@ def shapes_model():
 
 def pytest_collection_modifyitems(config, items):
     """`@pytest.mark.quick` tests (quick-scale results from the model cache) run only with PURIFY_QUICK_TESTS=1;
-    `@pytest.mark.paper_dry_run` tests (every notebook at paper scale under the dry-run cap, about 45 minutes on
+    `@pytest.mark.paper_dry_run` tests (every notebook at paper scale under the dry-run cap, about an hour on
     2 cores) only with PURIFY_DRY_RUN_TESTS=1."""
     import os
 
