@@ -53,7 +53,7 @@ from torchattacks.attack import Attack
 
 from lib.attacks.feature_distortion import FeatureDistortion
 from lib.attacks.pgd import default_step_size, pgd_linf
-from lib.core.dry_run import MAX_DRAWS, active_limit, cap_queries, cap_steps
+from lib.core.dry_run import cap_draws, cap_queries, cap_steps
 from lib.core.settings import check_count, check_eps, check_images, check_labels, check_radius
 
 L2_ATTACKS = ("pgd_l2", "cw", "deepfool")
@@ -112,8 +112,7 @@ class SequentialWorstCase(Attack):
 
 def _autoattack(model, eps, n_classes, seed, checks, version):
     # the protocol's fixed iterations; a dry run (lib.core.dry_run) caps them like every other attack's
-    steps, queries = cap_steps(100), cap_queries(5000)
-    draws = min(20, MAX_DRAWS) if active_limit() else 20
+    steps, queries, draws = cap_steps(100), cap_queries(5000), cap_draws(20)
     if version == "standard":
         parts = [
             torchattacks.APGD(model, eps=eps, steps=steps, n_restarts=1, loss="ce", seed=seed),

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lib.core.purifiers import Defended, is_differentiable
-from lib.core.dry_run import MAX_DRAWS, active_limit
+from lib.core.dry_run import cap_draws
 from lib.core.settings import check_count
 
 BASE_THREAT_MODELS = ("oblivious", "transfer", "white-box", "bpda")
@@ -58,7 +58,7 @@ class EOT(nn.Module):
     def __init__(self, model: nn.Module, samples: int, chunk: int = 4096):
         super().__init__()
         samples = check_count(samples, "samples", 1, "EOT averages over at least one draw of the defense.")
-        samples = min(samples, MAX_DRAWS) if active_limit() else samples  # a dry run (lib.core.dry_run)
+        samples = cap_draws(samples)  # a dry run (lib.core.dry_run) draws few
         self.model, self.samples, self.chunk = model, samples, check_count(chunk, "chunk", 1)
         self.training = model.training
 

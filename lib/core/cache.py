@@ -23,7 +23,7 @@ import torch
 from filelock import FileLock
 from torch import nn
 
-from lib.core.dry_run import active_limit
+from lib.core.dry_run import active_limit, limited_name
 from lib.core.provenance import REPO, provenance
 
 FORMAT = 1
@@ -36,8 +36,7 @@ class CheckpointError(RuntimeError):
 def default_root() -> Path:
     """$PURIFY_CACHE, else .cache/models (.cache/models-limit<L> under a dry-run cap, so that capped models
     never stand in for real ones)."""
-    limit = active_limit()
-    return Path(os.environ.get("PURIFY_CACHE", REPO / ".cache" / ("models" + (f"-limit{limit}" if limit else ""))))
+    return Path(os.environ.get("PURIFY_CACHE", REPO / ".cache" / limited_name("models", active_limit())))
 
 
 def spec_hash(spec: dict) -> str:

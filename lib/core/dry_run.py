@@ -45,15 +45,20 @@ def active_limit() -> int | None:
     return limit
 
 
-def folder_name(scale_name: str, limit: int | None = None) -> str:
-    """The output folder of a scale: its name, or `<name>-limit<L>` for a capped run."""
-    limit = active_limit() if limit is None else limit
-    return f"{scale_name}-limit{limit}" if limit else scale_name
+def limited_name(name: str, limit: int | None) -> str:
+    """A folder's name for a run under `limit`: `name`, or `<name>-limit<L>` for a capped run (output and cache
+    folders alike, so capped results never land beside real ones)."""
+    return f"{name}-limit{limit}" if limit else name
 
 
 def cap_steps(steps: int) -> int:
     """Attack iterations under the active limit (unchanged without one)."""
     return min(steps, MAX_STEPS) if active_limit() and isinstance(steps, int) and steps > 0 else steps
+
+
+def cap_draws(draws: int) -> int:
+    """EOT draws under the active limit (unchanged without one)."""
+    return min(draws, MAX_DRAWS) if active_limit() else draws
 
 
 def cap_queries(queries: int) -> int:

@@ -24,7 +24,7 @@ from typing import Callable
 import torch
 
 from lib.core.cache import spec_hash
-from lib.core.dry_run import active_limit
+from lib.core.dry_run import active_limit, limited_name
 from lib.core.provenance import REPO
 from lib.core.results import write_text_atomic
 
@@ -37,9 +37,7 @@ class ResultCacheError(RuntimeError):
 
 def default_root() -> Path:
     """$PURIFY_RESULT_CACHE, else .cache/results (.cache/results-limit<L> under a dry-run cap)."""
-    limit = active_limit()
-    return Path(os.environ.get("PURIFY_RESULT_CACHE",
-                               REPO / ".cache" / ("results" + (f"-limit{limit}" if limit else ""))))
+    return Path(os.environ.get("PURIFY_RESULT_CACHE", REPO / ".cache" / limited_name("results", active_limit())))
 
 
 def images_digest(x: torch.Tensor, y: torch.Tensor) -> str:

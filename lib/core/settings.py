@@ -16,7 +16,7 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from lib.core.dry_run import active_limit, limit_scale, limit_settings
+from lib.core.dry_run import active_limit, limit_scale, limit_settings, limited_name
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,7 @@ class Scale:
     @property
     def folder(self) -> str:
         """The output folder name: the scale's, or `<name>-limit<L>` for a capped dry run."""
-        return f"{self.name}-limit{self.limit}" if self.limit else self.name
+        return limited_name(self.name, self.limit)
 
 
 SCALES: dict[str, Scale] = {

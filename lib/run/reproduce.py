@@ -51,9 +51,9 @@ from pathlib import Path
 from typing import NamedTuple
 
 from lib.core.cache import default_root as default_cache_root
-from lib.core.dry_run import LIMIT_ENV, folder_name
+from lib.core.dry_run import LIMIT_ENV
 from lib.core.provenance import REPO
-from lib.core.settings import SCALES
+from lib.core.settings import SCALES, get_scale
 
 NOTEBOOKS = REPO / "notebooks"
 
@@ -228,7 +228,7 @@ def run_notebook(name: str, scale: str, parameters: dict, kernel: str | None = N
     except (TypeError, ValueError, FileNotFoundError) as err:
         return NotebookRun(False, 0.0, str(err), None, None)
 
-    folder = folder_name(scale)  # `<scale>-limit<L>` for a dry run, never mixed with real runs
+    folder = get_scale(scale).folder  # `<scale>-limit<L>` for a dry run, never mixed with real runs
     runs = REPO / "papermill_runs" / folder
     tag = run_tag(name, parameters, known)
     if tag == name:  # the default run
