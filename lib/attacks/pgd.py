@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from lib.core.dry_run import cap_steps
+from lib.core.estimate import timed
 
 KEEP = ("last", "first_success")
 
@@ -45,6 +46,7 @@ def project_linf(x: torch.Tensor, adv: torch.Tensor, eps) -> torch.Tensor:
     return (x + (adv - x).clamp(-eps, eps)).clamp(0, 1)
 
 
+@timed("attack", attack="pgd_linf")  # a cost estimate (lib.core.estimate) times it; otherwise a no-op
 def pgd_linf(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y, *, eps, steps: int, step_size,
              loss: Callable = F.cross_entropy, start: torch.Tensor | None = None, random_start: bool = True,
              generator: torch.Generator | None = None, keep: str = "last", targeted: bool = False) -> torch.Tensor:

@@ -54,6 +54,7 @@ from torchattacks.attack import Attack
 from lib.attacks.feature_distortion import FeatureDistortion
 from lib.attacks.pgd import default_step_size, pgd_linf
 from lib.core.dry_run import cap_draws, cap_queries, cap_steps
+from lib.core.estimate import collect, part, take_pending, timed
 from lib.core.settings import check_count, check_eps, check_images, check_labels, check_radius
 
 L2_ATTACKS = ("pgd_l2", "cw", "deepfool")
@@ -104,7 +105,8 @@ class SequentialWorstCase(Attack):
             idx = robust.nonzero(as_tuple=True)[0]
             if idx.numel() == 0:
                 break
-            candidate = attack(images[idx], labels[idx])
+            with part(getattr(attack, "estimate_ratios", None)):  # a cost estimate scales each part apart
+                candidate = attack(images[idx], labels[idx])
             adv[idx] = candidate
             robust[idx] = _correct_every_time(self.model, candidate, labels[idx], self.checks)
         return adv
@@ -112,7 +114,12 @@ class SequentialWorstCase(Attack):
 
 def _autoattack(model, eps, n_classes, seed, checks, version):
     # the protocol's fixed iterations; a dry run (lib.core.dry_run) caps them like every other attack's
-    steps, queries, draws = cap_steps(100), cap_queries(5000), cap_draws(20)
+    with collect() as apgd_cut:  # what the caps cut from each part, for a cost estimate (lib.core.estimate)
+        steps = cap_steps(100)
+    with collect() as square_cut:
+        queries = cap_queries(5000)
+    with collect() as eot_cut:
+        draws = cap_draws(20) if version != "standard" else 20
     if version == "standard":
         parts = [
             torchattacks.APGD(model, eps=eps, steps=steps, n_restarts=1, loss="ce", seed=seed),
@@ -121,11 +128,15 @@ def _autoattack(model, eps, n_classes, seed, checks, version):
                              seed=seed),
             torchattacks.Square(model, eps=eps, n_queries=queries, n_restarts=1, seed=seed),
         ]
+        cuts = [apgd_cut] * 3 + [square_cut]
     else:  # "rand": for randomised defenses, EOT over 20 draws inside APGD
         parts = [
             torchattacks.APGD(model, eps=eps, steps=steps, n_restarts=1, loss="ce", eot_iter=draws, seed=seed),
             torchattacks.APGD(model, eps=eps, steps=steps, n_restarts=1, loss="dlr", eot_iter=draws, seed=seed),
         ]
+        cuts = [{**apgd_cut, **eot_cut}] * 2
+    for attack, cut in zip(parts, cuts):
+        attack.estimate_ratios = cut
     return SequentialWorstCase(model, parts, checks=checks)
 
 
@@ -246,7 +257,8 @@ def build_attack(name: str, model: nn.Module, eps: float = 8 / 255, steps: int =
                              "(lib.attacks.registry.supports) or use pgd / apgd_ce.")
     if target not in (None, "random", "least_likely"):
         raise ValueError(f"Unknown target mode {target!r}: use None, 'random' or 'least_likely'.")
-    steps = cap_steps(steps)  # a dry run (lib.core.dry_run) runs every path with few steps
+    if name not in FIXED_STEPS:  # a dry run (lib.core.dry_run) runs every path with few steps (fixed ones: their own)
+        steps = cap_steps(steps)
     step_size = default_step_size(eps, steps) if step_size is None else step_size
     attack = _BUILDERS[name](model, eps, steps, step_size, n_classes or 10, seed, checks)
     if name in ("cw", "deepfool"):
@@ -259,6 +271,7 @@ def build_attack(name: str, model: nn.Module, eps: float = 8 / 255, steps: int =
         elif target == "least_likely":
             part.set_mode_targeted_least_likely(quiet=True)
     attack.label_classes = n_classes  # run_attack checks labels against it
+    attack.estimate_ratios = take_pending()  # what a dry run's caps cut from it (lib.core.estimate)
     return attack
 
 
@@ -295,7 +308,8 @@ def run_attack(attack: Attack, x: torch.Tensor, y: torch.Tensor, seed: int = 0) 
     try:
         for model in models:
             model.eval()  # through .eval(), so a module's own train() override (a fixed network) still applies
-        with torch.random.fork_rng(devices=devices):
+        with torch.random.fork_rng(devices=devices), timed("attack", getattr(attack, "estimate_ratios", None),
+                                                           attack=type(attack).__name__):
             torch.manual_seed(seed)
             return attack(x, y).detach()
     finally:

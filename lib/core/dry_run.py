@@ -18,6 +18,8 @@ from __future__ import annotations
 import dataclasses
 import os
 
+from lib.core import estimate
+
 LIMIT_ENV = "PURIFY_LIMIT"
 BATCH = 32  # training batch size under a limit (at most; the batch size chooses no code path)
 EVAL_BATCH = 16  # images per evaluation batch under a limit (more than CIFAR-10 has classes: per-class analyses need it)
@@ -51,29 +53,39 @@ def limited_name(name: str, limit: int | None) -> str:
     return f"{name}-limit{limit}" if limit else name
 
 
+def _cap(kind: str, value: int, most: int, scale_field: str | None = None) -> int:
+    capped = min(value, most)
+    estimate.note_ratio(kind, value, capped, scale_field)  # what the cut costs at full size (lib.core.estimate)
+    return capped
+
+
 def cap_steps(steps: int) -> int:
     """Attack iterations under the active limit (unchanged without one)."""
-    return min(steps, MAX_STEPS) if active_limit() and isinstance(steps, int) and steps > 0 else steps
+    if active_limit() and isinstance(steps, int) and steps > 0:
+        return _cap("steps", steps, MAX_STEPS, "attack_steps")
+    return steps
 
 
 def cap_draws(draws: int) -> int:
     """EOT draws under the active limit (unchanged without one)."""
-    return min(draws, MAX_DRAWS) if active_limit() else draws
+    return _cap("draws", draws, MAX_DRAWS, "eot_samples") if active_limit() else draws
 
 
 def cap_queries(queries: int) -> int:
     """A score-based attack's query budget under the active limit (unchanged without one)."""
-    return min(queries, MAX_QUERIES) if active_limit() else queries
+    return _cap("queries", queries, MAX_QUERIES) if active_limit() else queries
 
 
 def limit_scale(scale, limit: int):
     """A lib.core.settings.Scale capped to `limit` batches (same name, so every table keyed by it still applies)."""
     batch = min(scale.batch_size, BATCH)
-    return dataclasses.replace(
+    capped = dataclasses.replace(
         scale, batch_size=batch, n_train=min(scale.n_train, limit * batch), n_test=min(scale.n_test, 2 * limit * EVAL_BATCH),
         n_eval=min(scale.n_eval, limit * EVAL_BATCH), epochs=1, robust_epochs=1,
         robust_steps=min(scale.robust_steps, MAX_STEPS), attack_steps=min(scale.attack_steps, MAX_STEPS),
         eot_samples=min(scale.eot_samples, MAX_DRAWS), defense_runs=min(scale.defense_runs, MAX_DRAWS), limit=limit)
+    estimate.note_caps(scale, capped, scale=True)
+    return capped
 
 
 def limit_settings(settings, limit: int):
@@ -99,4 +111,6 @@ def limit_settings(settings, limit: int):
             changes[field.name] = min(value, limit * EVAL_BATCH)
         elif field.name.endswith("steps") and value > MAX_STEPS:
             changes[field.name] = MAX_STEPS
-    return dataclasses.replace(settings, **changes)
+    capped = dataclasses.replace(settings, **changes)
+    estimate.note_caps(settings, capped)
+    return capped

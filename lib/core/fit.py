@@ -25,6 +25,7 @@ from typing import Callable, Iterable, Protocol
 import torch
 from torch import nn
 
+from lib.core import estimate
 from lib.core.cache import ModelCache
 from lib.core.data import ImageData, iterate_batches
 from lib.core.settings import seed_everything
@@ -96,6 +97,8 @@ def fit(trainer: Trainer, batches: Callable[[int], Iterable], *, epochs: int, de
     total = epochs * per_epoch
     schedule = getattr(trainer, "schedule", None)
     log, start = FitLog(), time.perf_counter()
+    first_step = 0.0  # for lib.core.estimate: the first step carries warm-up that later ones do not
+    estimate.fit_started()
     trainer.model.train()
     bar = progress_bar(total=total, desc=desc, disable=not progress, leave=False)
     for epoch in range(epochs):
@@ -110,6 +113,8 @@ def fit(trainer: Trainer, batches: Callable[[int], Iterable], *, epochs: int, de
                 sums[k] = sums.get(k, 0.0) + v * n
             count += n
             log.steps, log.images, log.last = log.steps + 1, log.images + n, losses
+            if log.steps == 1:
+                first_step = time.perf_counter() - start
             bar.update()
             bar.set_postfix({"epoch": epoch + 1, **{k: f"{losses[k]:.4f}" for k in (show or losses) if k in losses}})
         for k, v in sums.items():
@@ -117,6 +122,7 @@ def fit(trainer: Trainer, batches: Callable[[int], Iterable], *, epochs: int, de
     bar.close()
     trainer.model.eval()
     log.seconds = time.perf_counter() - start
+    estimate.note_fit(log.seconds, log.steps, first_step)
     return log
 
 
@@ -133,7 +139,11 @@ def trained(spec: dict, build: Callable[[], nn.Module], train: Callable[[nn.Modu
             seed_everything(seed)
         return build()
 
-    model, record = (cache or ModelCache()).load_or_train(spec, seeded_build, train, device)
+    def timed_train(model: nn.Module) -> dict:
+        with estimate.timed("train", spec=spec, model=spec.get("kind", "model")):  # only a cost estimate times it
+            return train(model)
+
+    model, record = (cache or ModelCache()).load_or_train(spec, seeded_build, timed_train, device)
     record["spec"] = spec
     return model, record
 

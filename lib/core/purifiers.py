@@ -19,6 +19,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from lib.core.estimate import timed
+
 
 class Purifier(nn.Module):
     """Base class for purifiers. Subclasses implement `forward`; see the module docstring."""
@@ -100,6 +102,7 @@ def purify_batched(purifier: nn.Module | None, x: torch.Tensor, batch_size: int 
     if seed is not None:
         reseed(purifier, seed)
     try:
-        return torch.cat([purifier(part) for part in x.split(batch_size)])
+        with timed("predict", what="purify"):  # a cost estimate (lib.core.estimate) times it; otherwise a no-op
+            return torch.cat([purifier(part) for part in x.split(batch_size)])
     finally:
         purifier.train(was_training)

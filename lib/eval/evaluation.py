@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from lib.attacks.registry import ATTACKS, FIXED_STEPS, STEPS_HINT, build_attack, check_budget, run_attack
+from lib.core.estimate import full_value, timed
 from lib.core.purifiers import Defended, Identity, is_randomized, reseed
 from lib.core.results import result_row
 from lib.core.settings import check_count, check_images, check_labels
@@ -60,9 +61,10 @@ def score(purifier: nn.Module, classifier: nn.Module, x: torch.Tensor, y: torch.
     defended = Defended(purifier, classifier).eval()
     runs = runs if is_randomized(purifier) else 1
     correct = []
-    for r in range(runs):
-        reseed(purifier, seed * 1000 + r)
-        correct.append(predictions(defended, x) == y)
+    with timed("predict", {"runs": full_value("defense_runs", runs) / runs} if runs > 1 else None, what="score"):
+        for r in range(runs):
+            reseed(purifier, seed * 1000 + r)
+            correct.append(predictions(defended, x) == y)
     correct = torch.stack(correct)  # (runs, N)
     return {"worst": correct.all(0), "mean": correct.float().mean(0), "majority": correct.float().mean(0) > 0.5,
             "runs": runs}

@@ -39,9 +39,10 @@ from lib.attacks.adaptive import mask_aware_attack
 from lib.attacks.attack_sets import AdversarialSet
 from lib.attacks.registry import FIXED_STEPS, build_attack, run_attack
 from lib.attacks.threat_models import attacked_model, parse_threat_model
+from lib.core.estimate import note_images, subset
 from lib.core.purifiers import Identity, is_randomized, purify_batched, reseed  # noqa: F401 (purify_batched: re-exported for the notebooks)
 from lib.core.results import claim_line, is_collapsed, result_row
-from lib.core.settings import Scale
+from lib.core.settings import SCALES, Scale
 from lib.eval.evaluation import check_inputs, clean_row, evaluate, predictions, score
 from lib.eval.sanity import default_threat_model
 from lib.eval.stored_sets import evaluate_test_sets
@@ -65,7 +66,9 @@ def check_n_eval(n_eval: int | None, scale: Scale, default: int | None = None) -
     if n_eval is None:
         n_eval = default or scale.n_eval
         if scale.limit:  # a dry run (lib.core.dry_run): the notebook's own size is capped like the scale's
+            full = n_eval if default else SCALES[scale.name].n_eval
             n_eval = min(n_eval, scale.n_eval)
+            note_images(full, n_eval)  # what a cost estimate scales the evaluations by (lib.core.estimate)
     if isinstance(n_eval, bool) or not isinstance(n_eval, (int, np.integer)) or not 1 <= n_eval <= scale.n_eval:
         raise ValueError(f"n_eval={n_eval!r} must be an integer from 1 to the scale's n_eval ({scale.n_eval}): the "
                          "images are the first n_eval of the scale's evaluation subset.")
@@ -126,11 +129,14 @@ def defense_rows(defenses: Mapping[str, nn.Module | None], target: nn.Module, x:
                 if keep is not None and attack in keep_attacks:
                     keep[(name, threat_model, attack)] = x_adv
         random = is_randomized(purifier)
-        n_aa = min(autoattack if not random or autoattack_rand is None else autoattack_rand, len(y))
+        requested = autoattack if not random or autoattack_rand is None else autoattack_rand
+        n_aa = min(requested, len(y))
         if n_aa:  # through the purifier (BPDA when it is not differentiable); the rand version does its own EOT
-            rows.append(evaluate(purifier, target, x[:n_aa], y[:n_aa], attack="autoattack_rand" if random else
-                                 "autoattack", threat_model=default_threat_model(purifier or Identity()).replace(
-                                     "+eot", ""), eps=eps, defense_runs=defense_runs, defense=name, **tag))
+            with subset(requested, n_aa):  # a cost estimate scales it by its own image count (lib.core.estimate)
+                    rows.append(evaluate(purifier, target, x[:n_aa], y[:n_aa], attack="autoattack_rand" if random
+                                     else "autoattack", threat_model=default_threat_model(purifier or Identity()
+                                                                                           ).replace("+eot", ""),
+                                     eps=eps, defense_runs=defense_runs, defense=name, **tag))
     return rows
 
 

@@ -23,8 +23,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from lib.core.data import ImageData, augment_flip_crop, iterate_batches
+from lib.core.estimate import note_caps
 from lib.core.fit import epoch_batches, fit
-from lib.core.settings import Scale, check_eps
+from lib.core.settings import SCALES, Scale, check_eps
 
 RECIPES = ("natural", "pgd_at", "trades", "mart", "fast_at")
 
@@ -73,7 +74,10 @@ def recipe_for(name: str, scale: Scale, **overrides) -> Recipe:
         # from both papers.
         base["eps_warmup"] = 0.3
     base.update(overrides)
-    return Recipe(**base)
+    recipe = Recipe(**base)
+    if scale.limit:  # a dry run: what the cap cut from the recipe, for a cost estimate (lib.core.estimate)
+        note_caps(recipe_for(name, SCALES[scale.name], **overrides), recipe)
+    return recipe
 
 
 def _inner_attack(model: nn.Module, recipe: Recipe):

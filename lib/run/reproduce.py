@@ -34,6 +34,11 @@ time, how many models it trained, and flags every notebook (and the total) over 
 few attack steps, into papermill_runs/<scale>-limit<L>/ and its own model cache; `--scale paper --limit 2` proves
 the paper path runs without the hours it takes.
 
+`--estimate` prints the expected wall time of each notebook at the scale, and in total, before anyone starts it:
+each runs as a dry run (`--limit 2` unless `--limit` says otherwise) with an empty model and result cache, its
+training, attacks and forward passes timed and scaled by what the cap cut (lib.core.estimate); the figures go
+to papermill_runs/<scale>-limit<L>/estimate/ (estimate.json, and each timed step in <notebook>.jsonl).
+
 `--jobs N` and `--launcher slurm|local` run notebooks concurrently (lib.run.launch); the outputs land in the
 same layout, and the summary's total is the sum of the notebooks' times, not the wall time.
 """
@@ -57,6 +62,8 @@ from lib.core.settings import SCALES, get_scale
 
 NOTEBOOKS = REPO / "notebooks"
 
+
+ESTIMATE_LIMIT = 2  # --estimate's dry run: two batches, so a step after the first (warm-up) is timed
 
 # scale -> (warm, cold) budgets in seconds, per notebook and for a whole run
 BUDGETS = {"quick": {"notebook": (6 * 60, 10 * 60), "total": (30 * 60, 45 * 60)}}
@@ -296,6 +303,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=None, metavar="L",
                         help="dry run: every code path of the scale, capped at L batches, one epoch and few attack "
                              "steps (lib.core.dry_run); outputs go to papermill_runs/<scale>-limit<L>/")
+    parser.add_argument("--estimate", action="store_true",
+                        help="print the expected wall time of each notebook at this scale, from a timed dry run "
+                             "(--limit 2 unless given; lib.core.estimate), instead of running it")
     parser.add_argument("--jobs", type=int, default=1, metavar="N",
                         help="notebooks run at once, each in its own process and on its own GPU when GPUs are visible")
     parser.add_argument("--launcher", choices=("slurm", "local"), default=None,
@@ -316,6 +326,10 @@ def main(argv: list[str] | None = None) -> int:
     parameters = {key: parse_value(value) for key, value in args.parameter}
     if "scale" in parameters:
         parser.error("set the scale with --scale, not -p scale")
+    if args.estimate:
+        if args.jobs > 1 or args.launcher:
+            parser.error("--estimate times one notebook at a time on this machine; leave out --jobs and --launcher")
+        args.limit = args.limit or ESTIMATE_LIMIT
     if args.limit is not None:
         if args.limit < 1:
             parser.error(f"--limit {args.limit}: the cap is a number of batches, an int ≥ 1 (for example --limit 2)")
@@ -335,6 +349,9 @@ def _execute(args, selected: list[str], parameters: dict, parser: argparse.Argum
     """Run the selected notebooks (sequentially, in parallel or as submitit jobs) and print the summary."""
 
     from lib.run.launch import notebook_job, run_parallel, run_submitit
+
+    if args.estimate:
+        return _estimate(args, selected, parameters)
 
     def report(result) -> None:
         if result.ok:
@@ -377,6 +394,62 @@ def _execute(args, selected: list[str], parameters: dict, parser: argparse.Argum
     flag = over_budget(args.scale, total, trained_total > 0, "total") if not args.only else ""
     print(f"{'total':<{width}}  {'':<6}  {total / 60:7.1f}  {trained_total:14d}  {flag}")
     return 0 if all(s == "ok" for _, s, _, _ in summary) else 1
+
+
+def _estimate(args, selected: list[str], parameters: dict) -> int:
+    """--estimate: each notebook as a timed dry run on empty caches; prints and saves the expected times."""
+    import json
+    import tempfile
+
+    from lib.core import estimate
+    from lib.run.launch import notebook_job
+
+    full = SCALES[args.scale]
+    print(f"[{args.scale} --estimate] timing a dry run of each notebook (limit {args.limit}) with empty model and "
+          f"result caches: every model is trained once, by the first notebook that needs it, as in a cold run",
+          flush=True)
+    rows, failed = {}, []
+    out = REPO / "papermill_runs" / get_scale(args.scale).folder / "estimate"  # the summary and each step's timing
+    out.mkdir(parents=True, exist_ok=True)
+    keys = (estimate.ESTIMATE_ENV, "PURIFY_CACHE", "PURIFY_RESULT_CACHE")
+    saved = {k: os.environ.get(k) for k in keys}
+    with tempfile.TemporaryDirectory(prefix="purify-estimate-") as tmp:
+        os.environ["PURIFY_CACHE"], os.environ["PURIFY_RESULT_CACHE"] = f"{tmp}/models", f"{tmp}/results"
+        try:
+            for name in selected:
+                log = out / f"{name}.jsonl"
+                log.unlink(missing_ok=True)
+                os.environ[estimate.ESTIMATE_ENV] = str(log)
+                print(f"  {name} ...", flush=True)
+                result = notebook_job(name, args.scale, parameters, args.kernel, str(REPO), str(NOTEBOOKS))
+                if not result.ok:
+                    failed.append(name)
+                    print(f"  {name}: the dry run failed ({result.message}); no estimate", flush=True)
+                    continue
+                rows[name] = estimate.summarise(log, result.seconds)
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+    if rows:
+        width = max(len(n) for n in [*rows, "total"])
+        print(f"\nexpected wall time at {args.scale} on this machine ({full.n_eval} evaluation images, {full.epochs} "
+              f"epochs by default; lib.core.estimate says why it leans high)")
+        print(f"{'notebook':<{width}}  {'dry run':>8}  {'training':>9}  {'attacks':>9}  {'predict':>9}  {'rest':>7}  "
+              f"{'total':>9}")
+        for name, r in rows.items():
+            print(f"{name:<{width}}  {estimate.format_duration(r['dry_run_seconds']):>8}  "
+                  + "  ".join(f"{estimate.format_duration(r[f'{k}_estimate']):>9}" for k in estimate.KINDS)
+                  + f"  {estimate.format_duration(r['other']):>7}  {estimate.format_duration(r['total_estimate']):>9}")
+        total = sum(r["total_estimate"] for r in rows.values())
+        print(f"{'total':<{width}}  {'':>8}  {'':>9}  {'':>9}  {'':>9}  {'':>7}  {estimate.format_duration(total):>9}")
+        summary = {"scale": args.scale, "limit": args.limit, "parameters": parameters, "notebooks": rows,
+                   "total_estimate": total, "failed": failed}
+        (out / "estimate.json").write_text(json.dumps(summary, indent=1))
+        print(f"(saved to {_shown(out / 'estimate.json')}; each timed step in {_shown(out)}/<notebook>.jsonl)")
+    return 0 if not failed else 1
 
 
 if __name__ == "__main__":
