@@ -69,6 +69,11 @@ def test_method_settings_keep_their_choices_and_cap_epochs_images_and_steps(limi
     assert masked.epochs == 1 and masked.attack_steps == dry_run.MAX_STEPS
     unchanged = {f.name for f in dataclasses.fields(full) if getattr(full, f.name) == getattr(capped, f.name)}
     assert {"epochs", "pretrain_epochs", "n_train", "attack_steps", "rep_steps"}.isdisjoint(unchanged)
+    # HGD's 299-px denoiser asks for a smaller dry-run batch (its activations); a ClassVar, so not in its spec
+    from lib.defenses import hgd
+    small = scale_settings(hgd.SETTINGS, "paper", "HGD")
+    assert small.batch_size == hgd.HGDSettings.dry_run_batch < dry_run.BATCH and small.n_train == 2 * small.batch_size
+    assert "dry_run_batch" not in {f.name for f in dataclasses.fields(small)}
 
 
 def test_capped_runs_use_their_own_caches_unless_told_otherwise(limit2, monkeypatch, tmp_path):

@@ -311,3 +311,16 @@ def test_paper_requirements_list_what_is_missing(tmp_path):
     assert any("inception_v3" in m for m in missing) or len(missing) >= 2
     with pytest.raises(FileNotFoundError, match="ImageNet"):
         hgd_setup.check_paper_requirements(tmp_path)
+
+
+def test_balanced_images_never_return_more_images_than_asked():
+    """n at least the class count: n // C from each class; fewer than the classes (a dry run's 16 of ImageNet's 1000):
+    one image from each of n distinct classes, not one from every class."""
+    from lib.defenses.hgd_setup import balanced_images
+
+    _, labels = balanced_images("shapes10", "test", 20, seed=0)
+    assert len(labels) == 20 and torch.bincount(labels, minlength=10).tolist() == [2] * 10
+    _, labels = balanced_images("shapes10", "test", 4, seed=0)
+    assert len(labels) == 4 and len(set(labels.tolist())) == 4
+    _, again = balanced_images("shapes10", "test", 4, seed=0)
+    assert torch.equal(labels, again)

@@ -5,9 +5,10 @@
 
 A limit L keeps everything that decides *which* code runs (architectures, widths, patch sizes, datasets and
 their on-disk formats, attacks, threat models, the method settings' choices) and caps only how much of it
-runs: L training batches of at most BATCH images for one epoch, L evaluation batches of EVAL_BATCH images, attacks and
-inner maximisations of at most MAX_STEPS steps (AutoAttack's too, and MAX_QUERIES for its Square), at most MAX_DRAWS
-EOT draws and defense runs. Numbers from a capped run mean nothing; it proves that the `paper` path constructs and runs.
+runs: L training batches of at most BATCH images (fewer where a method's settings set `dry_run_batch`) for one
+epoch, L evaluation batches of EVAL_BATCH images, attacks and inner maximisations of at most MAX_STEPS steps
+(AutoAttack's too, and MAX_QUERIES for its Square), at most MAX_DRAWS EOT draws and defense runs. Numbers from
+a capped run mean nothing; it proves that the `paper` path constructs and runs.
 
 A capped run never mixes with real results: models go to `.cache/models-limit<L>` and results to
 `.cache/results-limit<L>` (unless $PURIFY_CACHE / $PURIFY_RESULT_CACHE say otherwise), and outputs to
@@ -95,7 +96,8 @@ def limit_settings(settings, limit: int):
     """
     if not dataclasses.is_dataclass(settings):
         return settings
-    batch = min(getattr(settings, "batch_size", BATCH), BATCH)
+    # a method whose images are large may ask for a smaller dry-run batch (a ClassVar, so never in a spec)
+    batch = min(getattr(settings, "batch_size", BATCH), getattr(settings, "dry_run_batch", BATCH))
     changes = {"batch_size": batch} if hasattr(settings, "batch_size") else {}
     for field in dataclasses.fields(settings):
         value = getattr(settings, field.name)

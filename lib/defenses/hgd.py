@@ -45,7 +45,7 @@ Deviations, and why:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import ClassVar, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -89,6 +89,9 @@ class HGDSettings:
     source_width: int = 8  # quick/smoke: base width of the two source classifiers and the hold-out
     source_n_train: int = 5000  # ... their training images
     source_epochs: int = 3  # ... and epochs
+    # a dry run's training batch (lib.core.dry_run): at 299 px the full-resolution 64-channel stages of a
+    # batch of 32 hold about 20 GB of activations on a CPU; 8 images keep a capped paper run under 8 GB
+    dry_run_batch: ClassVar[int] = 8
 
 
 SETTINGS: dict[str, HGDSettings] = {

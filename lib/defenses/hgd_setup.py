@@ -147,15 +147,18 @@ def hgd_classifiers(dataset: str = "shapes10", scale: str | Scale = "quick", see
 
 def balanced_images(dataset: str, split: str, n: int, seed: int = 0, *, classes: Sequence[int] | None = None,
                     data_root=None, image_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """n images (uint8) and labels from a split, the same number from each class (of `classes` if given).
+    """n images (uint8) and labels from a split, the same number from each class (of `classes` if given); with
+    fewer images than classes, one image from each of n classes drawn at random (never more than n images).
 
     image_size: an image folder's resolution (None: the data options'; `_image_size` gives the paper's 299).
     """
     data = load_dataset(dataset, split, data_root, image_size=image_size)
     labels = data.labels
     classes = sorted(set(labels.tolist())) if classes is None else list(classes)
-    per_class = max(n // len(classes), 1)
     gen = torch.Generator().manual_seed(seed)
+    if n < len(classes):  # e.g. a dry run's 16 test images of ImageNet's 1000 classes, not 1000 images
+        classes = [classes[i] for i in torch.randperm(len(classes), generator=gen)[:n].sort().values.tolist()]
+    per_class = n // len(classes)
     idx = []
     for c in classes:
         members = (labels == c).nonzero(as_tuple=True)[0]
