@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 
-import nbformat
 import pytest
 import torch
 from torch import nn
@@ -20,6 +19,7 @@ from lib.core.settings import SCALES, get_scale, scale_settings
 from lib.defenses import idfr
 from lib.eval.evaluation import score
 from lib.eval.protocols import check_n_eval
+from tiny_notebooks import write_notebook  # tests/ is on sys.path
 
 KERNEL = ["--kernel", "python3"]
 
@@ -179,12 +179,7 @@ pgd_linf(model, x, y, eps=8 / 255, steps=20, step_size=2 / 255)
 @pytest.fixture
 def repo(tmp_path, monkeypatch):
     notebooks = tmp_path / "notebooks"
-    notebooks.mkdir()
-    nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nb.cells = [nbformat.v4.new_code_cell("scale = None", metadata={"tags": ["parameters"]}),
-                nbformat.v4.new_code_cell(ESTIMATED)]
-    nbformat.write(nb, notebooks / "tiny.ipynb")
+    write_notebook(notebooks / "tiny.ipynb", "scale = None", ESTIMATED)
     monkeypatch.setattr(reproduce, "REPO", tmp_path)
     monkeypatch.setattr(reproduce, "NOTEBOOKS", notebooks)
     for key in (dry_run.LIMIT_ENV, estimate.ESTIMATE_ENV, "PURIFY_CACHE", "PURIFY_RESULT_CACHE"):

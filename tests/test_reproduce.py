@@ -10,6 +10,7 @@ import pytest
 
 import lib.run.reproduce as reproduce
 from lib.run.reproduce import main, parse_value
+from tiny_notebooks import write_notebook  # tests/ is on sys.path
 
 KERNEL = ["--kernel", "python3"]  # the venv's own ipykernel
 
@@ -39,15 +40,7 @@ print("done", value)
 def repo(tmp_path, monkeypatch):
     """A temporary repository root holding notebooks/tiny.ipynb; lib.run.reproduce points at it."""
     notebooks = tmp_path / "notebooks"
-    notebooks.mkdir()
-    nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nb.cells = [
-        nbformat.v4.new_markdown_cell("# tiny"),
-        nbformat.v4.new_code_cell("scale = None\nvalue = 1\nratio = 0.5", metadata={"tags": ["parameters"]}),
-        nbformat.v4.new_code_cell(BODY),
-    ]
-    nbformat.write(nb, notebooks / "tiny.ipynb")
+    write_notebook(notebooks / "tiny.ipynb", "scale = None\nvalue = 1\nratio = 0.5", BODY, title="# tiny")
     (notebooks / ".hidden.ipynb").write_text("{}")  # dot-files are not notebooks to run
     monkeypatch.setattr(reproduce, "REPO", tmp_path)
     monkeypatch.setattr(reproduce, "NOTEBOOKS", notebooks)
@@ -240,11 +233,7 @@ time.sleep(4)  # long enough that two jobs started together overlap however slow
 
 def _add_slow_notebooks(notebooks, names=("slow_a", "slow_b")):
     for name in names:
-        nb = nbformat.v4.new_notebook()
-        nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-        nb.cells = [nbformat.v4.new_code_cell("scale = None", metadata={"tags": ["parameters"]}),
-                    nbformat.v4.new_code_cell(SLOW_BODY)]
-        nbformat.write(nb, notebooks / f"{name}.ipynb")
+        write_notebook(notebooks / f"{name}.ipynb", "scale = None", SLOW_BODY)
     return names
 
 

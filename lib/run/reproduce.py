@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import hashlib
 import os
 import re
@@ -187,6 +188,22 @@ def run_tag(name: str, parameters: dict, known: dict) -> str:
     return f"{name}__{slug}"
 
 
+@contextlib.contextmanager
+def environment(values: dict[str, str]):
+    """os.environ with `values` set inside the block and every key as it was afterwards (an unset one unset
+    again), so that main() called from Python leaves its caller's environment alone."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 class NotebookRun(NamedTuple):
     ok: bool
     seconds: float
@@ -251,22 +268,15 @@ def run_notebook(name: str, scale: str, parameters: dict, kernel: str | None = N
     # text progress bars: a kept notebook holds each bar's last line, not ipywidgets state
     env = {"PURIFY_FIGURES_DIR": str(staging / "figures"), "PURIFY_RESULTS_DIR": str(staging / "results"),
            "PURIFY_TEXT_PROGRESS": "1"}
-    saved_env = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
     start = time.perf_counter()
     try:
-        pm.execute_notebook(str(source), str(staged_nb), parameters={"scale": scale, **parameters},
-                            kernel_name=kernel, cwd=str(NOTEBOOKS), progress_bar=False, log_output=False)
+        with environment(env):
+            pm.execute_notebook(str(source), str(staged_nb), parameters={"scale": scale, **parameters},
+                                kernel_name=kernel, cwd=str(NOTEBOOKS), progress_bar=False, log_output=False)
         ok, message = True, ""
     except Exception as err:  # PapermillExecutionError carries the notebook's own exception
         ok = False
         message = f"{getattr(err, 'ename', type(err).__name__)}: {getattr(err, 'evalue', err)}"
-    finally:
-        for k, v in saved_env.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
     seconds = time.perf_counter() - start
     if staged_nb.exists():
         compact_streams(staged_nb)
@@ -333,15 +343,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.limit is not None:
         if args.limit < 1:
             parser.error(f"--limit {args.limit}: the cap is a number of batches, an int ≥ 1 (for example --limit 2)")
-        saved = os.environ.get(LIMIT_ENV)
-        os.environ[LIMIT_ENV] = str(args.limit)  # the kernels (and submitit jobs) inherit it
-        try:
+        with environment({LIMIT_ENV: str(args.limit)}):  # the kernels (and submitit jobs) inherit it
             return _execute(args, selected, parameters, parser)
-        finally:  # this process's environment as it was (main may be called from Python)
-            if saved is None:
-                os.environ.pop(LIMIT_ENV, None)
-            else:
-                os.environ[LIMIT_ENV] = saved
     return _execute(args, selected, parameters, parser)
 
 
@@ -411,28 +414,19 @@ def _estimate(args, selected: list[str], parameters: dict) -> int:
     rows, failed = {}, []
     out = REPO / "papermill_runs" / get_scale(args.scale).folder / "estimate"  # the summary and each step's timing
     out.mkdir(parents=True, exist_ok=True)
-    keys = (estimate.ESTIMATE_ENV, "PURIFY_CACHE", "PURIFY_RESULT_CACHE")
-    saved = {k: os.environ.get(k) for k in keys}
-    with tempfile.TemporaryDirectory(prefix="purify-estimate-") as tmp:
-        os.environ["PURIFY_CACHE"], os.environ["PURIFY_RESULT_CACHE"] = f"{tmp}/models", f"{tmp}/results"
-        try:
-            for name in selected:
-                log = out / f"{name}.jsonl"
-                log.unlink(missing_ok=True)
-                os.environ[estimate.ESTIMATE_ENV] = str(log)
-                print(f"  {name} ...", flush=True)
+    with tempfile.TemporaryDirectory(prefix="purify-estimate-") as tmp, \
+            environment({"PURIFY_CACHE": f"{tmp}/models", "PURIFY_RESULT_CACHE": f"{tmp}/results"}):
+        for name in selected:
+            log = out / f"{name}.jsonl"
+            log.unlink(missing_ok=True)
+            print(f"  {name} ...", flush=True)
+            with environment({estimate.ESTIMATE_ENV: str(log)}):
                 result = notebook_job(name, args.scale, parameters, args.kernel, str(REPO), str(NOTEBOOKS))
-                if not result.ok:
-                    failed.append(name)
-                    print(f"  {name}: the dry run failed ({result.message}); no estimate", flush=True)
-                    continue
-                rows[name] = estimate.summarise(log, result.seconds)
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
+            if not result.ok:
+                failed.append(name)
+                print(f"  {name}: the dry run failed ({result.message}); no estimate", flush=True)
+                continue
+            rows[name] = estimate.summarise(log, result.seconds)
     if rows:
         width = max(len(n) for n in [*rows, "total"])
         print(f"\nexpected wall time at {args.scale} on this machine ({full.n_eval} evaluation images, {full.epochs} "
