@@ -77,3 +77,39 @@ def write_image_folder(root: Path, classes: int = 10, per_class: tuple[int, int]
             for i, image in enumerate(_images(rng, np.full(n, k), size)):
                 Image.fromarray(image.transpose(1, 2, 0)).save(folder / f"{i}.png")
     return root
+
+
+def write_pretrained_stand_ins(torch_home: Path, hf_cache: Path, models: dict[str, tuple[str, str]]) -> list[Path]:
+    """Randomly initialised weights for `models` (role -> (library, name), lib.defenses.hgd_setup.PAPER_MODELS)
+    where their pretrained files would be: torchvision's in <torch_home>/hub/checkpoints/<file of the weights'
+    URL>, timm's as a Hugging Face hub snapshot <hf_cache>/models--timm--<name>/snapshots/<commit>/model.safetensors
+    with refs/main naming the commit. Loaded with TORCH_HOME, HF_HUB_CACHE and HF_HUB_OFFLINE=1 set, they go
+    through the same loading code as the real weights (torchvision checks a file's hash only when it downloads)."""
+    import timm
+    import torch
+    from safetensors.torch import save_file
+
+    from lib.defenses.hgd_setup import _torchvision_weights
+    from lib.models.classifiers import _imagenet
+
+    written = []
+    for library, name in dict.fromkeys(models.values()):
+        if library == "torchvision":
+            file = torch_home / "hub" / "checkpoints" / _torchvision_weights(name).url.rsplit("/", 1)[-1]
+            if not file.exists():
+                file.parent.mkdir(parents=True, exist_ok=True)
+                net = _imagenet(name, pretrained=False).net  # the architecture the weights load into (aux head too)
+                torch.save(net.state_dict(), file)
+        else:
+            repo = timm.models.get_pretrained_cfg(name).hf_hub_id
+            folder = hf_cache / f"models--{repo.replace('/', '--')}"
+            commit = "0" * 40
+            file = folder / "snapshots" / commit / "model.safetensors"
+            if not file.exists():
+                file.parent.mkdir(parents=True, exist_ok=True)
+                (folder / "refs").mkdir(exist_ok=True)
+                (folder / "refs" / "main").write_text(commit)
+                state = timm.create_model(name, pretrained=False).state_dict()
+                save_file({k: v.contiguous() for k, v in state.items()}, str(file))
+        written.append(file)
+    return written

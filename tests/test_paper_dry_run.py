@@ -1,7 +1,7 @@
 """The `paper` path, proven to run: every notebook at `--scale paper --limit 1` through the papermill driver.
 
 `make test` runs the tour this way (about a minute); `make test-paper` (PURIFY_DRY_RUN_TESTS=1) runs every notebook
-(about an hour on 2 CPU cores: paper-width models on a CPU, even capped).
+(about two hours on 2 CPU cores: paper-width models on a CPU, even capped; HGD at 299 px about half of it).
 
 The cap (lib.core.dry_run) keeps every paper architecture (ResNet-18 / VGG-16 targets, DIR's 8 + 2-block ViT
 on 2×2 patches, IMPure's ViT-B/16-sized RIAE, the paper widths of every learned defense), each notebook's
@@ -10,9 +10,10 @@ epoch, one evaluation batch of 16, two attack steps. The data are small files in
 that this test writes (tests/paper_files.py: CIFAR-10, CIFAR-100, SVHN, an image folder), read with
 verify_checksums=False, as a user's re-packed copy would be. Models and results go to tmp_path, shared by the
 notebooks of this module (the targets train once). What the dry run cannot show: any number (they mean nothing),
-and HGD's own paper run, which needs ImageNet and five ImageNet-pretrained classifiers at 299 px that cannot be
-downloaded here (and would take minutes an attack on 2 cores even capped): its notebook is checked to stop before
-any work with the list of what is missing and where it goes.
+and HGD's own paper run needs ImageNet and five ImageNet-pretrained classifiers at 299 px that cannot be downloaded
+here: without them its notebook is checked to stop before any work with the list of what is missing and where it
+goes (in `make test`), and with a 1000-class image folder and random stand-in weights in the torchvision and
+Hugging Face cache formats it runs its whole paper path (`make test-paper`).
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import nbformat
 import pytest
 
 import lib.run.reproduce as reproduce
-from paper_files import write_cifar, write_svhn  # tests/ is on sys.path
+from paper_files import write_cifar, write_image_folder, write_pretrained_stand_ins, write_svhn  # tests/ on sys.path
 
 LIMIT = "1"
 # notebook -> the dataset its paper run uses (the embedded data where the paper's needs what cannot be here)
@@ -59,6 +60,24 @@ def test_hgd_at_paper_scale_stops_first_and_lists_what_it_needs(dry, capsys):
     printed = capsys.readouterr().out
     assert code == 1
     assert "needs ImageNet data and pretrained weights" in printed and "inception_v3" in printed
+
+
+@pytest.mark.paper_dry_run
+def test_hgd_runs_at_paper_scale_on_imagenet_files_and_stand_in_weights(dry, tmp_path, monkeypatch, capsys):
+    """HGD's own paper path: a 1000-class ImageNet folder read at 299 px and the five ImageNet classifiers, loaded
+    from random stand-in weights written where torchvision's hub cache and the Hugging Face hub cache keep them."""
+    from lib.defenses.hgd_setup import PAPER_MODELS
+
+    data, out = dry
+    imagenet = write_image_folder(tmp_path / "imagenet", classes=1000, per_class=(1, 1), size=64)
+    write_pretrained_stand_ins(tmp_path / "torch", tmp_path / "hf", PAPER_MODELS)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    code = reproduce.main(["--scale", "paper", "--limit", LIMIT, "--only", "hgd", "--kernel", "python3",
+                           "-p", "dataset", "imagefolder", "-p", "data_root", str(imagenet)])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
 
 
 # in every `make test`: the template notebook (its paper path: ResNet-18 on CIFAR-10 files); the others take

@@ -89,8 +89,8 @@ class HGDSettings:
     source_width: int = 8  # quick/smoke: base width of the two source classifiers and the hold-out
     source_n_train: int = 5000  # ... their training images
     source_epochs: int = 3  # ... and epochs
-    # a dry run's training batch (lib.core.dry_run): at 299 px the full-resolution 64-channel stages of a
-    # batch of 32 hold about 20 GB of activations on a CPU; 8 images keep a capped paper run under 8 GB
+    # a dry run's training batch (lib.core.dry_run): at 299 px DAE's forward and backward take about 0.6 GB an
+    # image on a CPU, so the capped 32 would need about 20 GB; with 8 the capped paper run peaks near 10 GB
     dry_run_batch: ClassVar[int] = 8
 
 
