@@ -26,7 +26,7 @@ test: install  ## unit tests + every notebook under nbval at smoke scale
 test-quick: install  ## the quick-scale trend checks (minutes)
 	PURIFY_QUICK_TESTS=1 $(PY) -m pytest -m quick tests
 
-test-paper: install  ## every notebook at paper scale under the dry-run cap, on test-written CIFAR/SVHN/ImageNet-folder files and stand-in weights (about two hours on 2 cores)
+test-paper: install  ## every notebook at paper scale under the dry-run cap, on test-written CIFAR/SVHN/ImageNet-folder files and stand-in weights (two hours or more on 2 cores)
 	PURIFY_DRY_RUN_TESTS=1 $(PY) -m pytest tests/test_paper_dry_run.py
 
 reproduce: install  ## every notebook at quick scale (SCALE=paper on a GPU)

@@ -1,7 +1,7 @@
 """The `paper` path, proven to run: every notebook at `--scale paper --limit 1` through the papermill driver.
 
 `make test` runs the tour this way (about a minute); `make test-paper` (PURIFY_DRY_RUN_TESTS=1) runs every notebook
-(about two hours on 2 CPU cores: paper-width models on a CPU, even capped; HGD at 299 px about half of it).
+(two hours or more on 2 CPU cores: paper-width models on a CPU, even capped; HGD at 299 px more than an hour).
 
 The cap (lib.core.dry_run) keeps every paper architecture (ResNet-18 / VGG-16 targets, DIR's 8 + 2-block ViT
 on 2×2 patches, IMPure's ViT-B/16-sized RIAE, the paper widths of every learned defense), each notebook's
