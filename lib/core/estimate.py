@@ -35,11 +35,9 @@ from pathlib import Path
 ESTIMATE_ENV = "PURIFY_ESTIMATE_LOG"
 KINDS = ("train", "attack", "predict")
 
-# (field name, capped value) -> the largest original the cap turned into that value
-_CAPS: dict[tuple[str, int], int] = {}
 _OBJECTS: list[tuple[dict, dict]] = []  # each capped Scale / settings / recipe: (its fields in full, as capped)
-_IMAGES: dict[str, tuple[int, int]] = {}  # (full, capped) evaluation images: "notebook" (check_n_eval), "scale"
 _SCALE: dict[str, tuple[int, int]] = {}  # the capped scale's counts: field -> (full, capped)
+_IMAGES: dict[str, tuple[int, int]] = {}  # "notebook": (full, capped) evaluation images its check_n_eval saw
 _SUBSET: list[float] = []  # `subset()` blocks: the image ratio of an evaluation on fewer images (AutoAttack's)
 _PENDING: dict[str, float] = {}  # ratios noted outside any timed step (an EOT wrapper, an attack being built)
 
@@ -66,7 +64,7 @@ def recording() -> bool:
 
 def reset() -> None:
     """Forget every cap and ratio noted (a kernel starts empty; tests that record twice in one process need it)."""
-    for noted in (_CAPS, _OBJECTS, _IMAGES, _SCALE, _SUBSET, _PENDING, _STACK, _COLLECT):
+    for noted in (_OBJECTS, _IMAGES, _SCALE, _SUBSET, _PENDING, _STACK, _COLLECT):
         noted.clear()
 
 
@@ -76,16 +74,10 @@ def note_caps(original, capped, *, scale: bool = False) -> None:
         return
     import dataclasses
 
-    _OBJECTS.append((_plain(dataclasses.asdict(original)), _plain(dataclasses.asdict(capped))))
-    for f in dataclasses.fields(original):
-        full, cut = getattr(original, f.name), getattr(capped, f.name)
-        if isinstance(full, int) and not isinstance(full, bool) and isinstance(cut, int) and cut and full != cut:
-            _CAPS[(f.name, cut)] = max(_CAPS.get((f.name, cut), 0), full)
+    full, cut = _plain(dataclasses.asdict(original)), _plain(dataclasses.asdict(capped))
+    _OBJECTS.append((full, cut))
     if scale:
-        _SCALE.update({k: (v, c) for k, v in _OBJECTS[-1][0].items() if isinstance(v, int) and
-                       (c := _OBJECTS[-1][1][k]) != v})
-        if capped.n_eval:
-            _IMAGES["scale"] = (original.n_eval, capped.n_eval)
+        _SCALE.update({k: (v, cut[k]) for k, v in full.items() if _is_count(v) and cut[k] != v})
 
 
 def note_images(full: int, capped: int) -> None:
@@ -142,16 +134,27 @@ def take_pending() -> dict[str, float]:
     return taken
 
 
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def full_value(name: str, capped: int) -> int:
-    """What a capped field was before the cap (the value itself when nothing capped it)."""
-    return _CAPS.get((name, capped), capped)
+    """What a capped field was before the cap: the largest original that a cap turned into `capped` (the value
+    itself when nothing capped it)."""
+    return max([full[name] for full, cut in _OBJECTS if cut.get(name) == capped and _is_count(full.get(name))],
+               default=capped)
+
+
+def _eval_images() -> tuple[int, int]:
+    """(full, capped) evaluation images: the notebook's own n_eval when it checked one, else the scale's."""
+    return _IMAGES.get("notebook", _SCALE.get("n_eval", (1, 1)))
 
 
 def image_ratio() -> float:
-    """Full / capped evaluation images: the notebook's own n_eval when it checked one, else the scale's."""
+    """Full / capped evaluation images (inside `subset`, that evaluation's own)."""
     if _SUBSET:
         return _SUBSET[-1]
-    full, capped = _IMAGES.get("notebook", _IMAGES.get("scale", (1, 1)))
+    full, capped = _eval_images()
     return full / capped
 
 
@@ -162,7 +165,7 @@ def subset(requested: int, used: int):
     if not recording() or not used:
         yield
         return
-    full = _IMAGES.get("notebook", _IMAGES.get("scale", (used, used)))[0]
+    full = _eval_images()[0] if _IMAGES or "n_eval" in _SCALE else used
     _SUBSET.append(min(requested, full) / used)
     try:
         yield
@@ -204,10 +207,10 @@ def training_ratios(spec) -> dict[str, float]:
         source = _source(value)
         for key, v in value.items():
             walk(v)
-            if source is None or not isinstance(v, int) or isinstance(v, bool) or v <= 0 or source[1].get(key) != v:
+            if source is None or not _is_count(v) or v <= 0 or source[1].get(key) != v:
                 continue
             full = source[0].get(key)
-            if not isinstance(full, int) or full == v:
+            if not _is_count(full) or full == v:
                 continue
             if key.endswith("epochs"):
                 ratios["epochs"] = max(ratios["epochs"], full / v)

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lib.core.data import ImageData, augment_flip_crop, iterate_batches
-from lib.core.estimate import note_caps
+from lib.core.estimate import note_caps, recording
 from lib.core.fit import epoch_batches, fit
 from lib.core.settings import SCALES, Scale, check_eps
 
@@ -75,7 +75,7 @@ def recipe_for(name: str, scale: Scale, **overrides) -> Recipe:
         base["eps_warmup"] = 0.3
     base.update(overrides)
     recipe = Recipe(**base)
-    if scale.limit:  # a dry run: what the cap cut from the recipe, for a cost estimate (lib.core.estimate)
+    if scale.limit and recording():  # a cost estimate (lib.core.estimate): what the dry-run cap cut from the recipe
         note_caps(recipe_for(name, SCALES[scale.name], **overrides), recipe)
     return recipe
 

@@ -405,6 +405,7 @@ def _estimate(args, selected: list[str], parameters: dict) -> int:
     import tempfile
 
     from lib.core import estimate
+    from lib.core.results import write_text_atomic
     from lib.run.launch import notebook_job
 
     full = SCALES[args.scale]
@@ -430,7 +431,7 @@ def _estimate(args, selected: list[str], parameters: dict) -> int:
     if rows:
         width = max(len(n) for n in [*rows, "total"])
         print(f"\nexpected wall time at {args.scale} on this machine ({full.n_eval} evaluation images, {full.epochs} "
-              f"epochs by default; lib.core.estimate says why it leans high)")
+              f"epochs by default; lib.core.estimate says what it scales and where it errs)")
         print(f"{'notebook':<{width}}  {'dry run':>8}  {'training':>9}  {'attacks':>9}  {'predict':>9}  {'rest':>7}  "
               f"{'total':>9}")
         for name, r in rows.items():
@@ -441,7 +442,7 @@ def _estimate(args, selected: list[str], parameters: dict) -> int:
         print(f"{'total':<{width}}  {'':>8}  {'':>9}  {'':>9}  {'':>9}  {'':>7}  {estimate.format_duration(total):>9}")
         summary = {"scale": args.scale, "limit": args.limit, "parameters": parameters, "notebooks": rows,
                    "total_estimate": total, "failed": failed}
-        (out / "estimate.json").write_text(json.dumps(summary, indent=1))
+        write_text_atomic(json.dumps(summary, indent=1), out / "estimate.json")
         print(f"(saved to {_shown(out / 'estimate.json')}; each timed step in {_shown(out)}/<notebook>.jsonl)")
     return 0 if not failed else 1
 
